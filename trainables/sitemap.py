@@ -1,0 +1,176 @@
+"""Declarative site maps: where each modified representation lives in each supported architecture.
+
+Paths are relative to a layer of a stack; stack paths are relative to the model's `base_model` (so the same map serves
+`BartForConditionalGeneration` and `BartForSequenceClassification`). Dimensions come from the config alone, which is
+what lets `trainables.counting` price a design before any model exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import PretrainedConfig
+
+
+@dataclass(frozen=True)
+class Proj:
+    """A projection matrix: module path (from the layer), its in/out widths, and its columns in a fused matrix."""
+
+    path: str
+    d_in: str  # a key of `Dims`
+    d_out: str
+    out_slice: tuple[int, int] | None = None  # (index, parts): GPT-2's c_attn is [W_q | W_k | W_v]
+
+
+@dataclass(frozen=True)
+class AttnSlot:
+    """One attention module per layer. `kind` groups prefix sets: encoder self, decoder self, cross attention."""
+
+    kind: str
+    module: str  # the module whose forward calls the attention function; its input is the sub-layer input x
+    out: str  # the output projection W_o; its output is the attention sub-layer output h
+    query: Proj
+    value: Proj
+    d_kv: str = "d"  # width of the keys' source (cross attention reads the encoder stream)
+
+
+@dataclass(frozen=True)
+class FfnSlot:
+    input: str  # the module whose input is the FFN input x
+    output: str  # the module whose output is the FFN output h (before dropout, residual and norm)
+    fc1: tuple[Proj, ...]
+    fc2: tuple[Proj, ...]
+
+
+@dataclass(frozen=True)
+class StackMap:
+    path: str  # from base_model ("" = the base model itself)
+    layers: str  # the ModuleList of layers, from the stack
+    n_layers: Callable[[PretrainedConfig], int]
+    ffn_dim: Callable[[PretrainedConfig], int]
+    attn: tuple[AttnSlot, ...]
+    ffn: FfnSlot
+    embed: str | None = None  # token embedding (from the stack) for prompt tuning, when prompts enter here
+
+
+@dataclass(frozen=True)
+class FamilyMap:
+    model_types: tuple[str, ...]
+    stacks: tuple[StackMap, ...]
+    default_task: str  # "seq2seq" | "classification" | "causal": the Auto class `counting` builds on meta
+    task_heads: tuple[str, ...]  # task-model modules trained with train_task_head (none for LM heads: tied)
+    prompt: str | None  # "encoder_decoder" | "encoder" | None (unsupported)
+
+
+@dataclass(frozen=True)
+class Dims:
+    d: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+
+def dims(config: PretrainedConfig, stack: StackMap) -> Dims:
+    d = int(config.hidden_size)
+    heads = int(config.num_attention_heads)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or d // heads)
+    return Dims(d=d, heads=heads, kv_heads=kv, head_dim=head_dim, ffn=int(stack.ffn_dim(config)))
+
+
+def width(dm: Dims, key: str) -> int:
+    return {"d": dm.d, "q": dm.q_dim, "kv": dm.kv_dim, "ffn": dm.ffn}[key]
+
+
+def _bart_attn(kind: str, module: str) -> AttnSlot:
+    return AttnSlot(kind, module, f"{module}.out_proj", Proj(f"{module}.q_proj", "d", "q"),
+                    Proj(f"{module}.v_proj", "d", "kv"))
+
+
+_BART_FFN = FfnSlot("fc1", "fc2", (Proj("fc1", "d", "ffn"),), (Proj("fc2", "ffn", "d"),))
+_BART = FamilyMap(
+    model_types=("bart", "mbart"),
+    stacks=(
+        StackMap("encoder", "layers", lambda c: c.encoder_layers, lambda c: c.encoder_ffn_dim,
+                 (_bart_attn("encoder", "self_attn"),), _BART_FFN, embed="embed_tokens"),
+        StackMap("decoder", "layers", lambda c: c.decoder_layers, lambda c: c.decoder_ffn_dim,
+                 (_bart_attn("decoder", "self_attn"), _bart_attn("cross", "encoder_attn")), _BART_FFN),
+    ),
+    default_task="seq2seq",
+    task_heads=("classification_head",),
+    prompt="encoder_decoder",
+)
+
+_BERT_LIKE = FamilyMap(
+    model_types=("bert", "roberta"),
+    stacks=(
+        StackMap("encoder", "layer", lambda c: c.num_hidden_layers, lambda c: c.intermediate_size,
+                 (AttnSlot("encoder", "attention.self", "attention.output.dense",
+                           Proj("attention.self.query", "d", "q"), Proj("attention.self.value", "d", "kv")),),
+                 FfnSlot("intermediate.dense", "output.dense", (Proj("intermediate.dense", "d", "ffn"),),
+                         (Proj("output.dense", "ffn", "d"),))),
+    ),
+    default_task="classification",
+    # BERT's pooler feeds its classifier; the sentence-transformers MiniLM ships no trained pooler, so it trains too.
+    task_heads=("classifier", "pooler"),
+    prompt="encoder",
+)
+
+_GPT2 = FamilyMap(
+    model_types=("gpt2",),
+    stacks=(
+        StackMap("", "h", lambda c: c.n_layer, lambda c: c.n_inner or 4 * c.n_embd,
+                 (AttnSlot("decoder", "attn", "attn.c_proj", Proj("attn.c_attn", "d", "q", (0, 3)),
+                           Proj("attn.c_attn", "d", "kv", (2, 3))),),
+                 FfnSlot("mlp", "mlp.c_proj", (Proj("mlp.c_fc", "d", "ffn"),), (Proj("mlp.c_proj", "ffn", "d"),))),
+    ),
+    default_task="causal",
+    task_heads=("score",),
+    prompt=None,
+)
+
+_LLAMA = FamilyMap(
+    model_types=("llama", "mistral", "qwen2"),
+    stacks=(
+        StackMap("", "layers", lambda c: c.num_hidden_layers, lambda c: c.intermediate_size,
+                 (AttnSlot("decoder", "self_attn", "self_attn.o_proj", Proj("self_attn.q_proj", "d", "q"),
+                           Proj("self_attn.v_proj", "d", "kv")),),
+                 FfnSlot("mlp", "mlp.down_proj", (Proj("mlp.gate_proj", "d", "ffn"), Proj("mlp.up_proj", "d", "ffn")),
+                         (Proj("mlp.down_proj", "ffn", "d"),))),
+    ),
+    default_task="causal",
+    task_heads=("score",),
+    prompt=None,
+)
+
+FAMILIES: tuple[FamilyMap, ...] = (_BART, _BERT_LIKE, _GPT2, _LLAMA)
+SUPPORTED = tuple(sorted(t for f in FAMILIES for t in f.model_types))
+
+
+def family_of(config: PretrainedConfig | Any) -> FamilyMap:
+    model_type = getattr(config, "model_type", None)
+    for fam in FAMILIES:
+        if model_type in fam.model_types:
+            return fam
+    raise ValueError(
+        f"model type {model_type!r} has no site map, so PETL modules cannot be placed in it; supported model types: "
+        f"{list(SUPPORTED)}. Add a FamilyMap to trainables/sitemap.py to support it"
+    )
+
+
+def get_path(root: Any, path: str) -> Any:
+    obj = root
+    for part in filter(None, path.split(".")):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
