@@ -231,7 +231,12 @@ def toy_vocabulary(task: Task) -> tuple[str, ...]:
 
 def toy_tokenizer(task: Task) -> PreTrainedTokenizerFast:
     """Word-level tokenizer over the task vocabulary with BART special ids; adds ``<s> ... </s>``."""
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + toy_vocabulary(task))}
+    return word_tokenizer(toy_vocabulary(task), task.max_source_length)
+
+
+def word_tokenizer(words: Sequence[str], model_max_length: int = 512) -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer over ``words`` with BART's special ids (offline models and tests)."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + tuple(dict.fromkeys(words)))}
     backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = WhitespaceSplit()
     backend.post_processor = TemplateProcessing(
@@ -241,7 +246,7 @@ def toy_tokenizer(task: Task) -> PreTrainedTokenizerFast:
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-        mask_token="<mask>", model_max_length=task.max_source_length,
+        mask_token="<mask>", model_max_length=model_max_length,
     )
 
 

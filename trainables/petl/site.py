@@ -47,13 +47,13 @@ class SublayerSite(PetlModule):
         self.parallel = spec.insertion is Insertion.PARALLEL
         self._x: Tensor | None = None
 
-    def capture(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def input_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._x = first_tensor(args, kwargs)
 
     def compose(self, h: Tensor, dh: Tensor) -> Tensor:
         return h + dh if self.scale is None else h + self.scale() * dh
 
-    def apply(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+    def output_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         h = output[0] if isinstance(output, tuple) else output
         if self.parallel:
             x, self._x = self._x, None
@@ -64,9 +64,9 @@ class SublayerSite(PetlModule):
         return _replace_output(output, self.compose(h, self.delta(x)))
 
     def attach(self, input_module: nn.Module, output_module: nn.Module) -> list[Any]:
-        handles = [output_module.register_forward_hook(self.apply)]
+        handles = [output_module.register_forward_hook(self.output_hook)]
         if self.parallel:
-            handles.append(input_module.register_forward_pre_hook(self.capture, with_kwargs=True))
+            handles.append(input_module.register_forward_pre_hook(self.input_hook, with_kwargs=True))
         return handles
 
 
@@ -85,7 +85,7 @@ class WeightSite(PetlModule):
         self.scale = Scale(spec.scale, spec.learn_scale) if spec.composition is Composition.SCALED else None
         self.out_slice = out_slice
 
-    def apply(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+    def output_hook(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
         dh = self.delta(args[0])
         if self.scale is not None:
             dh = self.scale() * dh
@@ -101,5 +101,5 @@ class WeightSite(PetlModule):
         return weight + s * (self.delta.up.weight @ self.delta.down.weight)
 
     def attach(self, module: nn.Module) -> list[Any]:
-        return [module.register_forward_hook(self.apply)]
+        return [module.register_forward_hook(self.output_hook)]
 

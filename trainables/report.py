@@ -1,0 +1,38 @@
+"""How a trial talks to whoever runs it (Ray Tune, MLflow, a progress bar, a test) without importing any of them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# Every evaluation reports exactly these keys (plus the metric's named scores as `metric.<name>`), so schedulers,
+# trackers and analysis can rely on them. `step` counts optimizer steps: the fidelity unit of the search.
+REPORT_KEYS = ("step", "score", "loss", "eval_loss", "tokens_per_s", "trainable", "stored", "fraction", "elapsed_s")
+
+
+class Reporter(Protocol):
+    def report(self, metrics: Mapping[str, float]) -> None: ...
+
+
+class NullReporter:
+    def report(self, metrics: Mapping[str, float]) -> None:
+        return None
+
+
+@dataclass
+class ListReporter:
+    """Keeps every report in memory (tests, the single-trial command)."""
+
+    reports: list[dict[str, float]] = field(default_factory=list)
+
+    def report(self, metrics: Mapping[str, float]) -> None:
+        self.reports.append(dict(metrics))
+
+
+class TrialFailure(RuntimeError):
+    """A trial that cannot produce a result (NaN or diverging loss): recorded as failed, never as a zero score."""
+
+    def __init__(self, reason: str, step: int) -> None:
+        super().__init__(f"trial failed at step {step}: {reason}")
+        self.reason, self.step = reason, step
