@@ -252,7 +252,7 @@ def word_tokenizer(words: Sequence[str], model_max_length: int = 512) -> PreTrai
 
 def load_tokenizer(task: Task, path: str | None = None) -> PreTrainedTokenizerBase:
     """The task's tokenizer: the toy one for generated tasks, else the checkpoint's (``path`` overrides)."""
-    if task.generated:
+    if task.generated and path is None:
         return toy_tokenizer(task)
     langs = {k: v for k, v in (("src_lang", task.src_lang), ("tgt_lang", task.tgt_lang)) if v}
     return AutoTokenizer.from_pretrained(path or task.model, **langs)

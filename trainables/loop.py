@@ -137,14 +137,17 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
     ema, best_ema, tokens, run_loss, run_n = None, math.inf, 0, 0.0, 0
     t0, train_time = time.perf_counter(), 0.0
     last: dict[str, float] = {}
+    # Under Ray Train / DeepSpeed with several ranks each rank takes its share of one global batch; rank 0 reports.
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
 
     engine.module.train()
     for step in range(start + 1, cfg.max_steps + 1):
         tick = time.perf_counter()
         for micro in range(cfg.grad_accum):
             k = (step - 1) * cfg.grad_accum + micro
-            batch = to_device(collate([train_items[i] for i in batch_at(k, len(train_items), cfg.batch_size,
-                                                                           cfg.seed)]), device)
+            rows = batch_at(k, len(train_items), cfg.batch_size * world, cfg.seed)[rank::world]
+            batch = to_device(collate([train_items[i] for i in rows]), device)
             batch.pop("references", None)
             loss = loss_of(engine(**batch), batch["labels"], cfg.label_smoothing)
             engine.backward(loss)
@@ -172,11 +175,12 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
                 "stored": counts.stored, "fraction": counts.fraction, "elapsed_s": time.perf_counter() - t0,
                 **{f"metric.{k}": v for k, v in scores.items()}}
         run_loss, run_n = 0.0, 0
-        if out_dir and step != cfg.max_steps:
+        if rank == 0 and out_dir and step != cfg.max_steps:
             save_resume(out_dir, engine.module, optimizer, scheduler, step, {"best": best})
-        reporter.report(last)
+        if rank == 0:
+            reporter.report(last)
 
-    if out_dir:
+    if rank == 0 and out_dir:
         save_final(out_dir, engine.module, design, {"task": task.name, "model": cfg.model, "step": cfg.max_steps,
                                                      "score": last.get("score")}, cfg.keep_resume_state)
     return TrialResult(step=cfg.max_steps, score=last.get("score", math.nan), best_score=best, counts=counts,

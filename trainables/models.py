@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from torch import nn
+from transformers.utils import logging as hf_logging
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, PretrainedConfig
 
 from trainables.data import load_tokenizer
@@ -56,8 +57,29 @@ def build(task: Task, design: DesignPoint, model: str | None = None) -> tuple[nn
     config = model_config(task, path, vocab_size=len(tokenizer))
     check_fit(task, config, design)
     auto = AutoModelForSequenceClassification if task.kind == "classification" else AutoModelForSeq2SeqLM
-    net = auto.from_config(config) if path is None else auto.from_pretrained(path, config=config)
+    # A trial runs thousands of times: no progress bars, and the expected "newly initialised head" report once is
+    # noise (the head is trained and counted on purpose).
+    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        net = auto.from_config(config) if path is None else auto.from_pretrained(path, config=config)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     if config.model_type == "mbart" and task.tgt_lang:
         # mBART-cc25 decodes from the target language code (labels end "... </s> ro_RO", shifted right).
         net.config.decoder_start_token_id = tokenizer.convert_tokens_to_ids(task.tgt_lang)
     return net, tokenizer
+
+
+def config_for(task: Task, model: str | None = None) -> PretrainedConfig:
+    """The model config a trial of `task` will use, without loading weights (for pricing designs up front)."""
+    from trainables.configs import load_config
+
+    path = resolve_model_path(task, model)
+    if path is None:
+        return model_config(task, None, vocab_size=len(load_tokenizer(task)))
+    config = load_config(path)
+    if task.kind == "classification" and task.num_labels:
+        config.num_labels = task.num_labels
+    return config

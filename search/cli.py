@@ -1,0 +1,74 @@
+"""`python search/run.py --space spaces/full.yaml --dataset en-ro`: search the unified PETL design space.
+
+Every trial trains one design point (sampled by Optuna from the YAML space, two objectives: task score up, stored
+parameter fraction down) under Ray Tune, with early stopping inside parameter-budget bands; MLflow records a parent
+run for the search and a child run per trial, with the Pareto plots on the parent. With no arguments it runs the
+smoke space on a generated task with a tiny model: local Ray, a local SQLite MLflow store, nothing downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python search/run.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument_group("what to search")
+    a.add_argument("--space", default=str(DEFAULT_SPACE),
+                   help="YAML design space (spaces/full.yaml, paper.yaml, smoke.yaml; schema in spaces/README.md)")
+    a.add_argument("--dataset", default=None, help="task: en-ro, xsum, mnli, sst2, toy-cls, toy-s2s "
+                   "(default: the space's own task)")
+    a.add_argument("--model", default=None, help="checkpoint folder or hub name ('minilm' = the packaged MiniLM); "
+                   "default: the task's checkpoint (a tiny random model for toy tasks)")
+    a.add_argument("--data-dir", default=None, help="local files in the task's format instead of the hub")
+    a.add_argument("--num-samples", type=int, default=8, help="trials to run in total, presets included")
+    a.add_argument("--max-param-fraction", type=float, default=None,
+                   help="hard budget: designs storing more than this fraction of the backbone are skipped untrained")
+    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a training setting for every trial, e.g. --set max_steps=2000 (repeatable)")
+    s = p.add_argument_group("how to search")
+    s.add_argument("--sampler", choices=["tpe", "nsga2"], default="tpe", help="Optuna's multi-objective sampler")
+    s.add_argument("--scheduler", choices=["banded", "asha", "none"], default="banded",
+                   help="early stopping: ASHA within parameter-budget bands (default), plain ASHA, or none")
+    s.add_argument("--grace-period", type=int, default=None, help="steps before a trial can be stopped "
+                   "(default: the space's eval_every)")
+    s.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA keeps 1/this of trials per rung")
+    s.add_argument("--bands-per-decade", type=int, default=2, help="budget bands per factor 10 of parameter fraction")
+    s.add_argument("--seed", type=int, default=0, help="sampler seed")
+    r = p.add_argument_group("where it runs")
+    r.add_argument("--address", default=None, help="join a Ray cluster (e.g. auto or ray://head:10001); "
+                   "default: start Ray locally")
+    r.add_argument("--concurrency", type=int, default=2, help="trials running at once")
+    r.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial")
+    r.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial; fractions share a GPU (0.25)")
+    r.add_argument("--workers-per-trial", type=int, default=1,
+                   help="> 1: each trial is a Ray Train DeepSpeed job with this many workers")
+    r.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial before it is failed")
+    r.add_argument("--storage", default="petl_runs", help="folder or URI for trial state, reachable by every node")
+    r.add_argument("--name", default=None, help="search name (default: <space>-<dataset>); --resume needs it")
+    r.add_argument("--resume", action="store_true", help="continue the interrupted search of this --name")
+    t = p.add_argument_group("tracking")
+    t.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite:///<cwd>/mlflow.db)")
+    t.add_argument("--experiment", default=None, help="MLflow experiment (default: the search name)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for key, value in (("TRANSFORMERS_VERBOSITY", "error"), ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0"),
+                       ("TUNE_GLOBAL_CHECKPOINT_S", "1"), ("RAY_DEDUP_LOGS", "1")):
+        os.environ.setdefault(key, value)  # checkpoint the experiment every second: a SIGKILL loses ~nothing
+    if args.address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance needs no token
+    from search.driver import SearchError, run_search
+
+    try:
+        return run_search(args)
+    except SearchError as err:
+        print(f"error: {err}")
+        return 2

@@ -1,0 +1,352 @@
+"""Design spaces in YAML (`spaces/*.yaml`, schema in `spaces/README.md`) compiled into one Optuna define-by-run.
+
+The YAML is the only place a space is written. Loading checks every key, type and range, and walks every
+categorical branch of the compiled space once, so an impossible combination is an error before Ray starts, and
+every point the search can sample is a valid `DesignPoint`.
+
+Conditional parameters: a site's options exist only when its form is not `none`; `scale` and `learn_scale` only when
+its composition is `scaled`. A categorical option whose choices the design rules narrow given the choices already
+made (e.g. `gated` exists only for `form: softmax`) is sampled under a branch name such as
+`head_attn.composition|form=relu`, because Optuna needs a fixed choice list per parameter name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.config import TrainConfig
+from trainables.design import NONE, SITES, DesignPoint, Representation
+from trainables.presets import get_preset
+
+SITE_OPTIONS = ("form", "composition", "scale", "learn_scale", "insertion", "layernorm", "init", "size", "dropout",
+                "prefix_mlp")  # sampling order: a choice may depend only on those before it
+SCALED_ONLY = ("scale", "learn_scale")
+TOP_KEYS = {"description", "task", "model", "sites", "tie", "prompt_length", "backbone", "train", "presets"}
+_INT, _FLOAT = ("size", "prefix_mlp"), ("scale", "dropout")
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searchable value: fixed, a list of choices, or a numeric range."""
+
+    name: str
+    kind: str  # "fixed" | "choice" | "int" | "float"
+    values: tuple = ()
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+
+    def sample(self, trial: Any, choices: tuple | None = None, branch: str = "") -> Any:
+        if self.kind == "fixed":
+            return self.values[0]
+        if self.kind == "choice":
+            values = self.values if choices is None else choices
+            return trial.suggest_categorical(self.name + branch, list(values))
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+
+def _dim(name: str, raw: Any, kind: str) -> Dim:
+    """`kind` is the field's type: "int", "float", "bool" or "str"."""
+    where = f"space key {name}"
+    if isinstance(raw, Mapping):
+        if kind not in ("int", "float"):
+            raise ValueError(f"{where}: a range {{low, high}} needs a numeric option, got {dict(raw)!r}; use a list")
+        extra = sorted(set(raw) - {"low", "high", "log"})
+        if extra or "low" not in raw or "high" not in raw:
+            raise ValueError(f"{where}: a range takes keys low, high and optional log, got {sorted(raw)}")
+        low, high, log = float(raw["low"]), float(raw["high"]), bool(raw.get("log", False))
+        if not low <= high or (log and low <= 0) or (kind == "int" and not (low.is_integer() and high.is_integer())):
+            raise ValueError(f"{where}: need low <= high (low > 0 with log, integers for an int option), got "
+                             f"low={raw['low']!r}, high={raw['high']!r}, log={log}")
+        return Dim(name, kind, low=low, high=high, log=log)
+    values = tuple(raw) if isinstance(raw, list) else (raw,)
+    if not values:
+        raise ValueError(f"{where}: an empty list of choices leaves nothing to search; list at least one value")
+    values = tuple(_typed(v, kind, where) for v in values)
+    if len(set(values)) != len(values):
+        raise ValueError(f"{where}: choices must be distinct, got {list(values)}")
+    return Dim(name, "choice" if isinstance(raw, list) and len(values) > 1 else "fixed", values)
+
+
+def _typed(v: Any, kind: str, where: str) -> Any:
+    ok = {"int": isinstance(v, int) and not isinstance(v, bool), "float": isinstance(v, (int, float))
+          and not isinstance(v, bool), "bool": isinstance(v, bool), "str": isinstance(v, str) or v is None}[kind]
+    if not ok:
+        raise ValueError(f"{where}: expected {kind} value(s), got {v!r}")
+    return float(v) if kind == "float" else v
+
+
+def _site_kind(option: str) -> str:
+    return "int" if option in _INT else "float" if option in _FLOAT else "bool" if option == "learn_scale" else "str"
+
+
+def _train_kind(field: dataclasses.Field) -> str:
+    t = str(field.type)
+    return "int" if t.startswith("int") else "float" if t.startswith("float") else "bool" if t == "bool" else "str"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    path: str
+    text: str  # the YAML as written: logged to MLflow beside the runs
+    description: str
+    task: str | None
+    model: str | None
+    sites: dict[Representation, dict[str, Dim]]
+    tie: dict[Representation, Representation]  # follower → leader
+    prompt_length: Dim
+    backbone: str
+    train: dict[str, Dim]
+    presets: tuple[str, ...]
+
+    @property
+    def preset_only(self) -> bool:
+        return not self.sites
+
+    def sample(self, trial: Any) -> tuple[DesignPoint, dict[str, Any], str | None]:
+        """(design, training overrides, preset name) drawn through `trial`'s suggest_* calls."""
+        train = {k: d.sample(trial) for k, d in self.train.items()}
+        if self.preset_only:
+            name = trial.suggest_categorical("preset", list(self.presets))
+            return get_preset(name).design, train, name
+        data: dict[str, Any] = {"backbone": self.backbone, "prompt": {"length": self.prompt_length.sample(trial)}}
+        modified = data["prompt"]["length"] > 0 or self.backbone != "frozen"
+        free = [r for r in SITES if r in self.sites and r not in self.tie]
+        for rep in (r for r in SITES if r in self.sites):
+            if rep in self.tie:
+                data[rep.value] = data.get(self.tie[rep].value)
+                continue
+            # A design must modify something: if every earlier site drew `none`, the last one may not.
+            data[rep.value] = sample_site(trial, rep, self.sites[rep], must_modify=not modified and rep == free[-1])
+            modified = modified or data[rep.value] is not None
+        return DesignPoint.from_dict({k: v for k, v in data.items() if v is not None}), train, None
+
+
+def sample_site(trial: Any, rep: Representation, dims: dict[str, Dim], must_modify: bool) -> dict[str, Any] | None:
+    form_dim = dims["form"]
+    forms = tuple(f for f in form_dim.values if not (must_modify and f == NONE))
+    if not forms:
+        raise ValueError(f"site {rep.value}: the design must modify something, but form can only be none here")
+    form = form_dim.sample(trial, forms, "|modify" if forms != form_dim.values else "")
+    if form == NONE:
+        return None
+    chosen: dict[str, Any] = {"form": form}
+    for opt in SITE_OPTIONS[1:]:
+        dim = dims.get(opt)
+        if dim is None or (opt in SCALED_ONLY and chosen.get("composition") != "scaled"):
+            continue
+        values = dim.values if dim.kind in ("choice", "fixed") else (dim.low,)
+        valid = tuple(v for v in values if _error(rep, {**chosen, opt: v}) is None)
+        if not valid:  # the design rule that excludes them, in its own words
+            raise ValueError(f"{dim.name}: no listed value fits {chosen}: {_error(rep, {**chosen, opt: values[0]})}")
+        branch = "" if valid == values else "|" + ",".join(f"{k}={chosen[k]}" for k in chosen)
+        chosen[opt] = dim.sample(trial, valid, branch) if dim.kind == "choice" else dim.sample(trial)
+    return chosen
+
+
+def _error(rep: Representation, partial: dict[str, Any]) -> str | None:
+    try:
+        DesignPoint.from_dict({rep.value: {"size": 1, **partial}})
+        return None
+    except ValueError as err:
+        return str(err)
+
+
+class BranchWalker:
+    """Answers suggest_* calls from a fixed path of choice indices, to enumerate every categorical branch."""
+
+    def __init__(self, path: list[int]) -> None:
+        self.path, self.widths, self.k = path, [], 0
+
+    def suggest_categorical(self, name: str, choices: list) -> Any:
+        i = self.path[self.k] if self.k < len(self.path) else 0
+        self.widths.append(len(choices))
+        self.k += 1
+        return choices[i]
+
+    def suggest_int(self, name: str, low: int, high: int, log: bool = False) -> int:
+        return low
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        return low
+
+
+def walk_branches(sample: Callable[[Any], Any], limit: int = 100_000) -> int:
+    """Run `sample` once per categorical branch (numeric options at their low end); returns the branch count."""
+    path: list[int] = []
+    for count in itertools.count(1):
+        w = BranchWalker(path)
+        sample(w)
+        path = path[: len(w.widths)] + [0] * max(0, len(w.widths) - len(path))
+        while path and path[-1] + 1 >= w.widths[len(path) - 1]:
+            path.pop()
+        if not path or count >= limit:
+            return count
+        path[-1] += 1
+
+
+def validate(space: SearchSpace) -> dict[str, int]:
+    """Walk every site's branches (sites are independent) and replay the presets; returns branches per site."""
+    branches = {}
+    free = [r for r in SITES if r in space.sites and r not in space.tie]
+    for rep in free:
+        must = [False, True] if rep == free[-1] and space.backbone == "frozen" else [False]
+        for m in must:
+            branches[rep.value] = walk_branches(lambda t, rep=rep, m=m: sample_site(t, rep, space.sites[rep], m))
+    for name in space.presets if space.sites else ():
+        preset_params(space, name)
+    return branches
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"space file {str(path)!r} does not exist; pick one of spaces/*.yaml or write your own")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    try:
+        space = parse_space(raw, str(path), text)
+        validate(space)  # every categorical branch must give a valid design; presets must fit
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return space
+
+
+def parse_space(raw: Any, origin: str = "<space>", text: str = "") -> SearchSpace:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"a space is a mapping with keys {sorted(TOP_KEYS)}, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise ValueError(f"unknown space key(s) {unknown}; expected some of {sorted(TOP_KEYS)}")
+    sites: dict[Representation, dict[str, Dim]] = {}
+    for name, opts in (raw.get("sites") or {}).items():
+        rep = Representation.parse(name, "site")
+        if not isinstance(opts, Mapping) or "form" not in opts:
+            raise ValueError(f"site {name}: give a mapping of options with at least 'form', got {opts!r}")
+        bad = sorted(set(opts) - set(SITE_OPTIONS))
+        if bad:
+            raise ValueError(f"site {name}: unknown option(s) {bad}; expected some of {sorted(SITE_OPTIONS)}")
+        sites[rep] = {o: _dim(f"{name}.{o}", v, _site_kind(o)) for o, v in opts.items()}
+        if "size" not in opts and set(sites[rep]["form"].values) != {NONE}:
+            raise ValueError(f"site {name}: a budget 'size' (l or r) is required")
+    tie = {}
+    for group in raw.get("tie") or []:
+        reps = sorted((Representation.parse(g, "tie") for g in group), key=SITES.index)  # leader: sampled first
+        missing = [r.value for r in reps if r not in sites]
+        if len(reps) < 2 or missing:
+            raise ValueError(f"tie groups need >= 2 sites listed under sites, got {group!r} (missing {missing})")
+        tie.update({r: reps[0] for r in reps[1:]})
+    train_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    train: dict[str, Dim] = {}
+    for key, value in (raw.get("train") or {}).items():
+        if key not in train_fields or key in ("task", "model", "data_dir", "out_dir"):
+            raise ValueError(f"train: unknown or reserved setting {key!r}; expected some of "
+                             f"{sorted(set(train_fields) - {'task', 'model', 'data_dir', 'out_dir'})}")
+        train[key] = _dim(f"train.{key}", value, _train_kind(train_fields[key]))
+    presets = tuple(raw.get("presets") or ())
+    for name in presets:
+        get_preset(name)
+    backbone = raw.get("backbone", "frozen")
+    if backbone not in ("frozen", "bias"):
+        raise ValueError(f"backbone must be frozen or bias in a space (full fine-tuning is the 'full' preset), "
+                         f"got {backbone!r}")
+    if not sites and not presets:
+        raise ValueError("the space is empty: list sites to search, or presets to evaluate")
+    return SearchSpace(
+        path=origin, text=text, description=str(raw.get("description", "")), task=raw.get("task"),
+        model=raw.get("model"), sites=sites, tie=tie, prompt_length=_dim("prompt_length", raw.get("prompt_length", 0),
+                                                                          "int"),
+        backbone=backbone, train=train, presets=presets,
+    )
+
+
+def cardinality(space: SearchSpace) -> int:
+    """Number of categorical design branches (a numeric range counts once): the size shown to users."""
+    return math.prod(validate(space).values()) if space.sites else len(space.presets)
+
+
+class _Replay:
+    """Answers suggest_* calls from a preset's values; what it was asked becomes the point Optuna enqueues."""
+
+    def __init__(self, values: dict[str, Any], preset: str) -> None:
+        self.values, self.preset, self.asked = values, preset, {}
+
+    def _get(self, name: str) -> Any:
+        key = name.split("|")[0]
+        if key not in self.values:
+            raise ValueError(f"preset {self.preset!r} does not set {key}, which this space samples")
+        return self.values[key]
+
+    def suggest_categorical(self, name: str, choices: list) -> Any:
+        v = self._get(name)
+        if v not in choices:
+            raise ValueError(f"preset {self.preset!r} has {name.split('|')[0]}={v!r}, outside this space's choices "
+                             f"{choices}; add the value to the space or drop the preset")
+        self.asked[name] = v
+        return v
+
+    def _suggest_number(self, name: str, low: float, high: float) -> Any:
+        v = self._get(name)
+        if not low <= v <= high:
+            raise ValueError(f"preset {self.preset!r} has {name}={v!r}, outside this space's range [{low}, {high}]; "
+                             "widen the range or drop the preset")
+        self.asked[name] = v
+        return v
+
+    def suggest_int(self, name: str, low: int, high: int, log: bool = False) -> int:
+        return int(self._suggest_number(name, low, high))
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        return float(self._suggest_number(name, low, high))
+
+
+def preset_params(space: SearchSpace, name: str) -> dict[str, Any]:
+    """The Optuna parameters that make `space.sample` reproduce preset `name` exactly (for warm-starting)."""
+    design = get_preset(name).design
+    if space.preset_only:
+        return {"preset": name}
+    params = design.to_params()
+    params["prompt_length"] = params.pop("prompt.length")
+    outside = [r.value for r in design.sites() if r not in space.sites]
+    if outside:
+        raise ValueError(f"preset {name!r} modifies {outside}, which this space does not list under sites")
+    replay = _Replay({k: v for k, v in params.items()}, name)
+    sampled, _, _ = space.sample(_TrainDefaults(replay, space))
+    if sampled != design:
+        diff = sorted(k for k, v in sampled.to_params().items() if design.to_params().get(k) != v)
+        raise ValueError(f"preset {name!r} differs from what this space can express at {diff} (fixed values in the "
+                         "space must equal the preset's)")
+    return replay.asked
+
+
+class _TrainDefaults:
+    """Lets a replay skip the training dims (Optuna samples the ones a warm-start point leaves out)."""
+
+    def __init__(self, inner: _Replay, space: SearchSpace) -> None:
+        self.inner, self.train = inner, {f"train.{k}" for k in space.train}
+
+    def __getattr__(self, attr: str) -> Any:
+        method = getattr(self.inner, attr)
+
+        def call(name: str, *args: Any, **kw: Any) -> Any:
+            if name in self.train:
+                return args[0][0] if attr == "suggest_categorical" else args[0]
+            return method(name, *args, **kw)
+
+        return call
+
+
+__all__ = ["BranchWalker", "Dim", "SearchSpace", "cardinality", "load_space", "parse_space", "preset_params", "validate"]

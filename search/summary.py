@@ -1,0 +1,39 @@
+"""The end of a search: refresh the report, close the parent run, print the Pareto-optimal designs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def front_table(df: Any) -> str:
+    from analysis.design import describe_design, pareto_flags
+
+    front = df[pareto_flags(df)].sort_values("fraction")
+    if front.empty:
+        return "no trial reached full fidelity, so there is no front yet"
+    lines = [f"{'score':>8}  {'fraction':>9}  {'stored':>11}  design"]
+    for _, row in front.iterrows():
+        design = " | ".join(describe_design(row)) + (f"  [{row['preset']}]" if isinstance(row.get("preset"), str)
+                                                     else "")
+        lines.append(f"{row['score']:>8.4f}  {100 * row['fraction']:>8.3f}%  {int(row['params.stored']):>11,}  "
+                     f"{design}")
+    return "\n".join(lines)
+
+
+def finish(client: Any, parent_id: str, tracking_uri: str, report_dir: str) -> None:
+    from analysis.load import load_search
+    from analysis.report import update_search_report
+
+    try:
+        update_search_report(client, parent_id, report_dir)
+    except ValueError as err:
+        print(f"report: {err}")
+    client.set_terminated(parent_id, "FINISHED")
+    df = load_search(parent_run_id=parent_id, client=client)
+    counts = df["status"].value_counts().to_dict()
+    print(f"\n{len(df)} trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("finished", "stopped", "failed",
+                                                                                   "skipped")))
+    print("Pareto-optimal designs (full fidelity; score up, stored parameter fraction down):")
+    print(front_table(df))
+    print(f"\nPlots, CSV and summary: {report_dir}\nBrowse it: mlflow ui --backend-store-uri {tracking_uri}  "
+          f"(parent run {parent_id})")
