@@ -140,6 +140,8 @@ def sample_site(trial: Any, rep: Representation, dims: dict[str, Dim], must_modi
     form = form_dim.sample(trial, forms, "|modify" if forms != form_dim.values else "")
     if form == NONE:
         return None
+    if (err := _error(rep, {"form": form})) is not None:
+        raise ValueError(f"{rep.value}.form={form!r} is not allowed: {err}")
     chosen: dict[str, Any] = {"form": form}
     for opt in SITE_OPTIONS[1:]:
         dim = dims.get(opt)

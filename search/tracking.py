@@ -70,6 +70,22 @@ def parent_run(client: MlflowClient, experiment: str, search_dir: str, params: M
     return run_id
 
 
+def _error_reason(trial: Any) -> str:
+    """The exception's last line (e.g. `ValueError: batch_size must be >= 1, got 0`), from Ray's error record."""
+    text = ""
+    try:
+        path = trial.error_file
+        if path and Path(path).is_file():
+            text = Path(path).read_text(errors="replace")
+        else:
+            err = trial.get_pickled_error() or trial.get_error()
+            text = str(getattr(err, "cause", None) or err or "")
+    except Exception:  # noqa: BLE001 - a missing error record must not break the search
+        pass
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else f"the trial raised; see {getattr(trial, 'error_file', None) or 'its error file'}"
+
+
 class MlflowSearchCallback(Callback):
     def __init__(self, tracking_uri: str, parent_id: str, max_steps: int, report_dir: str,
                  refresh_every_s: float = 0.0, num_samples: int = 0) -> None:
@@ -174,8 +190,7 @@ class MlflowSearchCallback(Callback):
                      ("over the parameter budget" if state == "skipped" else None))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        reason = getattr(trial, "error_msg", None) or "the trial raised; see its error file under the search folder"
-        self._finish(trial, "failed", self._last.get(trial.trial_id), str(reason).strip().splitlines()[-1])
+        self._finish(trial, "failed", self._last.get(trial.trial_id), _error_reason(trial))
 
     def _refresh(self) -> None:
         if time.time() - self._refreshed < self.refresh_every_s:

@@ -160,7 +160,7 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
             ema = value if ema is None else 0.9 * ema + 0.1 * value
         train_time += time.perf_counter() - tick
         best_ema = min(best_ema, ema)
-        if step > 10 and ema > cfg.divergence_factor * best_ema:
+        if step >= 3 and ema > cfg.divergence_factor * best_ema:  # smoothed: one noisy batch is not divergence
             raise TrialFailure(f"loss diverged: smoothed loss {ema:.3g} > {cfg.divergence_factor:g} × its best "
                                f"{best_ema:.3g}", step)
         if on_step:

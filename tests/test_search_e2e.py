@@ -1,0 +1,140 @@
+"""Real searches: local Ray, a SQLite MLflow store, MiniLM on the generated task. Slow (tens of seconds each)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from search.cli import main as search_main
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_once():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+def children(client: MlflowClient, parent_id: str) -> list:
+    parent = client.get_run(parent_id)
+    return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def the_parent(client: MlflowClient) -> str:
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`petl.role` = 'search'")
+    assert len(runs) == 1
+    return runs[0].info.run_id
+
+
+def write_space(tmp_path: Path, train: dict, sites: dict | None = None, presets: list | None = None) -> Path:
+    data = {"task": "toy-cls", "model": "minilm", "sites": sites or {
+        "ffn": {"form": ["relu", "identity"], "size": [2, 16], "composition": "scaled", "scale": 2.0, "init": "lora"}},
+        "train": {"max_steps": 10, "eval_every": 5, "batch_size": 16, "eval_cap": 32, "max_length": 32, **train}}
+    if presets:
+        data["presets"] = presets
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run(tmp_path: Path, space: Path, *extra: str) -> tuple[int, MlflowClient, str]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = search_main(["--space", str(space), "--storage", str(tmp_path / "runs"), "--tracking-uri", uri,
+                        "--concurrency", "2", *extra])
+    client = MlflowClient(tracking_uri=uri)
+    return code, client, the_parent(client)
+
+
+def test_a_small_search_lands_in_mlflow_as_parent_and_children(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    space = write_space(tmp_path, {"lr": {"low": 1e-3, "high": 1e-2, "log": True}},
+                        sites={"ffn": {"form": ["none", "relu", "identity"], "size": [2, 16], "composition": "scaled",
+                                       "scale": 2.0, "init": "lora", "dropout": 0.1},
+                               "query": {"form": ["none", "identity"], "size": [2, 16], "composition": "scaled",
+                                         "scale": 2.0, "init": "lora", "dropout": 0.1},
+                               "value": {"form": ["none", "identity"], "size": [2, 16], "composition": "scaled",
+                                         "scale": 2.0, "init": "lora", "dropout": 0.1}},
+                        presets=["lora_attn"])
+    code, client, parent_id = run(tmp_path, space, "--num-samples", "4", "--name", "small")
+    assert code == 0
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["petl.code_version"]
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"space.yaml", "run_config.json", "analysis"} <= artifacts
+    runs = children(client, parent_id)
+    assert len(runs) == 4 and len({r.data.tags["petl.trial_id"] for r in runs}) == 4
+    for r in runs:
+        assert r.data.tags["petl.status"] in ("finished", "stopped")
+        assert r.data.params["ffn.form"] in ("none", "relu", "identity") and float(r.data.params["train.lr"]) > 0
+        assert 0 < r.data.metrics["fraction"] < 1 and r.data.metrics["params.stored"] > 0
+        history = client.get_metric_history(r.info.run_id, "score")
+        assert [m.step for m in history] == sorted(m.step for m in history) and history
+        if r.data.tags["petl.status"] == "stopped":
+            assert r.data.tags["petl.pareto"] == "false"
+    assert sum(r.data.tags.get("petl.preset") == "lora_attn" for r in runs) >= 1  # evaluated first
+    assert len(client.get_metric_history(parent_id, "hypervolume")) == 4
+    out = capsys.readouterr().out
+    assert "Pareto-optimal designs" in out and "mlflow ui --backend-store-uri" in out
+
+
+def test_failing_trials_are_recorded_as_failed_and_the_search_finishes(tmp_path: Path) -> None:
+    # lr 1e12 makes the loss explode within 3 steps (a TrialFailure); batch_size 0 makes the trial raise (a crash). With seed 2
+    # the sampler draws batch sizes [16, 0, 0, 16]: two of each kind.
+    space = write_space(tmp_path, {"lr": 1.0e12, "batch_size": [16, 0]})
+    code, client, parent_id = run(tmp_path, space, "--num-samples", "4", "--name", "failing", "--scheduler",
+                                  "none", "--max-failures", "0", "--seed", "2")
+    assert code == 0 and client.get_run(parent_id).info.status == "FINISHED"
+    runs = children(client, parent_id)
+    assert len(runs) == 4
+    for r in runs:
+        assert r.data.tags["petl.status"] == "failed" and r.info.status == "FAILED"
+        reason = r.data.tags["petl.failure"]
+        if int(r.data.params["train.batch_size"]) == 0:
+            assert reason == "ValueError: batch_size must be >= 1, got 0"
+        else:  # whichever the loop sees first: a non-finite loss or a smoothed loss 10x above its best
+            assert reason.startswith(("loss is nan", "loss is inf", "loss diverged")), reason
+    assert {int(r.data.params["train.batch_size"]) for r in runs} == {0, 16}
+
+
+def test_a_search_killed_with_sigkill_resumes_with_no_trial_lost_or_repeated(tmp_path: Path) -> None:
+    space = write_space(tmp_path, {"lr": {"low": 1e-3, "high": 1e-2, "log": True}, "max_steps": 20})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--space", str(space), "--storage",
+           str(tmp_path / "runs"), "--tracking-uri", uri, "--num-samples", "6", "--concurrency", "1",
+           "--name", "killed", "--scheduler", "none"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    seen, deadline = [], time.time() + 300
+    for line in proc.stdout:  # kill right after the second trial is recorded
+        seen.append(line)
+        if line.startswith("[2/6]") or time.time() > deadline:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    proc.wait()
+    assert any(line.startswith("[2/6]") for line in seen), "".join(seen[-30:])
+    client = MlflowClient(tracking_uri=uri)
+    parent_id = the_parent(client)
+    before = {r.data.tags["petl.trial_id"]: r.data.tags["petl.status"] for r in children(client, parent_id)}
+    assert 2 <= len(before) < 6
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = {r.data.tags["petl.trial_id"]: r.data.tags["petl.status"] for r in children(client, parent_id)}
+    assert len(after) == 6  # exactly the requested number: none lost, none duplicated
+    assert set(before) <= set(after) and set(after.values()) == {"finished"}
+    for tid, status in before.items():
+        if status == "finished":  # a completed trial is not run again: its run was not reopened
+            assert after[tid] == "finished"
+    assert client.get_run(parent_id).info.status == "FINISHED"

@@ -1,0 +1,118 @@
+"""Search parts without a Ray cluster: the truthful searcher, budget bands, outcomes, input errors before Ray."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.cli import main as search_main
+from search.scheduler import BudgetBandedASHA, band_of
+from search.searcher import TruthfulOptunaSearch, outcome
+from search.tracking import check_tracking
+
+
+def space(trial) -> dict:
+    trial.suggest_categorical("ffn.size", [4, 8, 16])
+    return {"fraction": 0.01}
+
+
+def test_only_full_fidelity_trials_complete_early_stopped_are_pruned_failed_fail() -> None:
+    searcher = TruthfulOptunaSearch(space=space, max_steps=30, sampler=optuna.samplers.RandomSampler(seed=0))
+    for tid in ("full", "stopped", "nan", "crash", "over"):
+        searcher.suggest(tid)
+    searcher.on_trial_complete("full", {"step": 30, "score": 0.9, "fraction": 0.01})
+    searcher.on_trial_complete("stopped", {"step": 10, "score": 0.99, "fraction": 0.001})
+    searcher.on_trial_complete("nan", {"failed": 1, "failure": "loss is nan", "step": 3, "fraction": 0.1})
+    searcher.on_trial_complete("crash", None, error=True)
+    searcher.on_trial_complete("over", {"over_budget": 1, "step": 0, "fraction": 0.5})
+    states = [t.state for t in searcher.study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.FAIL, TrialState.FAIL]
+    assert searcher.study.trials[1].user_attrs == {"outcome": "stopped", "fidelity": 10}
+    # The stopped trial's partial 0.99 would dominate the front; it never reaches it.
+    assert [t.values for t in searcher.study.best_trials] == [[0.9, 0.01]]
+
+
+@pytest.mark.parametrize(
+    ("result", "error", "expected"),
+    [({"step": 30, "score": 0.5}, False, "finished"), ({"step": 20, "score": 0.5}, False, "stopped"),
+     (None, False, "stopped"), ({"failed": 1, "step": 3}, False, "failed"), (None, True, "failed"),
+     ({"over_budget": 1, "step": 0}, False, "skipped")],
+)
+def test_outcome(result: dict | None, error: bool, expected: str) -> None:
+    assert outcome(result, 30, error) == expected
+
+
+def fake_trial(tid: str, fraction: float) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=tid, config={"fraction": fraction})
+
+
+def test_budget_bands_keep_small_designs_from_competing_with_large_ones() -> None:
+    assert band_of(0.001, 2) == -6 and band_of(0.0031, 2) == -6 and band_of(0.0032, 2) == -5
+    sched = BudgetBandedASHA(max_t=30, grace_period=10, reduction_factor=3, bands_per_decade=2)
+    big = [fake_trial(f"big{i}", 0.1) for i in range(6)]
+    small = fake_trial("small", 0.001)
+    for t in big + [small]:
+        sched.on_trial_add(None, t)
+    for i, t in enumerate(big):  # large designs learn fast: 0.9 .. 0.95 at the first rung
+        sched.on_trial_result(None, t, {"step": 10, "score": 0.9 + i / 100})
+    # The slow-learning small design scores far below every large one at the first rung, yet it is alone in its
+    # band, so it is not stopped; plain ASHA over all trials would stop it.
+    assert sched.on_trial_result(None, small, {"step": 10, "score": 0.6}) == "CONTINUE"
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    plain = AsyncHyperBandScheduler(time_attr="step", metric="score", mode="max", max_t=30, grace_period=10,
+                                    reduction_factor=3, brackets=1)
+    for t in big + [small]:
+        plain.on_trial_add(None, t)
+    for i, t in enumerate(big):
+        plain.on_trial_result(None, t, {"step": 10, "score": 0.9 + i / 100})
+    assert plain.on_trial_result(None, small, {"step": 10, "score": 0.6}) == "STOP"
+
+
+def test_unreachable_tracking_server_is_a_clear_error_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(ValueError, match=rf"cannot reach the MLflow tracking store at 'http://127.0.0.1:{port}'"):
+        check_tracking(f"http://127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "cola"], "error: unknown task 'cola'; expected one of"),
+        (["--space", "spaces/nope.yaml"], "error: space file 'spaces/nope.yaml' does not exist"),
+        (["--set", "max_steps=0"], "error: max_steps must be >= 1, got 0"),
+        (["--set", "lr=fast"], "error: lr must be of type float, got 'fast'"),
+        (["--resume", "--name", "never-ran"], "error: --resume: no interrupted search named 'never-ran'"),
+        (["--num-samples", "0"], "error: --num-samples and --concurrency must be >= 1, got 0, 2"),
+    ],
+)
+def test_bad_input_fails_before_ray_starts(args: list[str], message: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    code = search_main(args + ["--storage", str(tmp_path / "runs"), "--tracking-uri",
+                               f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert code == 2
+    assert message in capsys.readouterr().out
+    import ray
+
+    assert not ray.is_initialized()
+
+
+def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        search_main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--space", "--dataset", "--num-samples", "--max-param-fraction", "--sampler", "--scheduler",
+                 "--address", "--gpus-per-trial", "--workers-per-trial", "--max-failures", "--storage", "--resume",
+                 "--tracking-uri"):
+        assert flag in text

@@ -1,0 +1,133 @@
+"""YAML design spaces: pinned schema errors, every branch valid, seeded sampling, presets replayed exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from search.driver import SpaceSampler
+from search.space import BranchWalker, load_space, parse_space, preset_params, validate
+from trainables.design import DesignPoint
+from trainables.presets import get_preset
+from trainables.tiny import tiny_config
+
+SPACES = Path(__file__).resolve().parents[1] / "spaces"
+FFN = {"form": ["none", "relu"], "size": [4, 8]}
+
+
+def space_file(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"sites": {"ffn": FFN}, "budget": 3}, r"unknown space key\(s\) \['budget'\]; expected some of"),
+        ({"sites": {"fnn": FFN}}, r"site must be one of \['head_attn', 'attn', 'ffn', 'query'.*got 'fnn'"),
+        ({"sites": {"ffn": {**FFN, "rank": 4}}}, r"site ffn: unknown option\(s\) \['rank'\]"),
+        ({"sites": {"ffn": {"form": ["relu"]}}}, r"site ffn: a budget 'size' \(l or r\) is required"),
+        ({"sites": {"ffn": {**FFN, "size": []}}}, r"space key ffn.size: an empty list of choices leaves nothing"),
+        ({"sites": {"ffn": {**FFN, "size": {"low": 64, "high": 8}}}},
+         r"space key ffn.size: need low <= high .*got low=64, high=8"),
+        ({"sites": {"ffn": {**FFN, "size": ["big"]}}}, r"space key ffn.size: expected int value\(s\), got 'big'"),
+        ({"sites": {"ffn": {**FFN, "insertion": {"low": 1, "high": 2}}}},
+         r"space key ffn.insertion: a range \{low, high\} needs a numeric option"),
+        ({"sites": {"ffn": {**FFN, "form": ["relu", "softmax"]}}},
+         r"ffn.form='softmax' is not allowed: site ffn: form=softmax normalises over prefix positions"),
+        ({"sites": {"head_attn": {"form": ["softmax"], "size": 4, "insertion": ["sequential"]}}},
+         r"head_attn.insertion: no listed value fits .* insertion must be parallel"),
+        ({"sites": {"ffn": FFN}, "train": {"lerning_rate": 1e-3}}, r"train: unknown or reserved setting 'lerning_rate'"),
+        ({"sites": {"ffn": FFN}, "train": {"lr": "fast"}}, r"space key train.lr: expected float value\(s\), got 'fast'"),
+        ({"sites": {"ffn": FFN}, "presets": ["mam2"]}, r"unknown preset 'mam2'; expected one of"),
+        ({"sites": {"ffn": FFN}, "presets": ["mam"]}, r"preset 'mam' modifies \['head_attn'\], which this space does"),
+        ({"sites": {"ffn": FFN}, "presets": ["scaled_pa"]},
+         r"preset 'scaled_pa' has ffn.size=512, outside this space's choices \[4, 8\]"),
+        ({"sites": {"ffn": FFN}, "backbone": "full"}, r"backbone must be frozen or bias in a space"),
+        ({}, r"the space is empty: list sites to search, or presets to evaluate"),
+        ({"sites": {"ffn": {"form": "none"}}}, r"the design must modify something, but form can only be none"),
+        ({"sites": {"ffn": FFN}, "tie": [["ffn", "query"]]}, r"tie groups need >= 2 sites listed under sites"),
+    ],
+)
+def test_schema_errors_are_pinned(tmp_path: Path, data: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_space(space_file(tmp_path, data))
+
+
+def test_missing_and_malformed_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"space file '.*nope.yaml' does not exist"):
+        load_space(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sites: [unclosed")
+    with pytest.raises(ValueError, match=r"bad.yaml: not valid YAML"):
+        load_space(bad)
+
+
+@pytest.mark.parametrize("name", ["full", "paper", "smoke"])
+def test_shipped_spaces_load_and_every_branch_is_a_valid_design(name: str) -> None:
+    space = load_space(SPACES / f"{name}.yaml")
+    seen: list[DesignPoint] = []
+    branches = validate(space)  # walks every categorical branch of every site through DesignPoint's rules
+    assert all(n >= 1 for n in branches.values())
+    seen.append(space.sample(BranchWalker([]))[0])
+    assert isinstance(seen[0], DesignPoint)
+
+
+def test_gated_is_offered_only_to_softmax_under_a_branch_name() -> None:
+    space = parse_space({"sites": {"head_attn": {"form": ["softmax", "relu"], "size": 4,
+                                                 "composition": ["add", "gated"]}}})
+    assert validate(space) == {"head_attn": 3}  # softmax×{add, gated} + relu×{add}
+    trial = optuna.trial.FixedTrial({"head_attn.form": "relu", "head_attn.composition|form=relu": "add"})
+    design, _, _ = space.sample(trial)
+    assert design.head_attn is not None and design.head_attn.composition.value == "add"
+
+
+def test_seeded_sampling_gives_only_valid_points_and_is_reproducible() -> None:
+    space = load_space(SPACES / "full.yaml")
+    sampler = SpaceSampler(space, tiny_config("mbart"), "seq2seq")
+
+    def first_points(seed: int, n: int) -> list[dict]:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(directions=["maximize", "minimize"],
+                                    sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5))
+        out = []
+        for _ in range(n):
+            trial = study.ask()
+            point = sampler(trial)
+            DesignPoint.from_dict(point["design"])  # valid by construction; raises otherwise
+            assert 0 < point["fraction"] and point["counts"]["stored"] > 0
+            out.append(point)
+            study.tell(trial, [len(out) % 3, point["fraction"]])
+        return out
+
+    points = first_points(0, 200)
+    assert len({str(p["design"]) for p in points}) > 150  # it explores
+    assert first_points(0, 5) == points[:5]  # the same seed proposes the same first points
+
+
+@pytest.mark.parametrize("preset", ["mam", "prefix", "lora_ffn", "pa_ffn", "scaled_pa", "houlsby", "pfeiffer"])
+def test_presets_replay_exactly_through_the_compiled_space(preset: str) -> None:
+    space = load_space(SPACES / "full.yaml")
+    params = preset_params(space, preset)
+    trial = optuna.trial.FixedTrial({**params, "train.lr": 1e-4})
+    design, train, _ = space.sample(trial)
+    assert design == get_preset(preset).design and train == {"lr": 1e-4}
+
+
+def test_paper_space_evaluates_each_named_method() -> None:
+    space = load_space(SPACES / "paper.yaml")
+    assert space.preset_only and len(space.presets) == 20
+    design, _, name = space.sample(optuna.trial.FixedTrial({"preset": "mam"}))
+    assert name == "mam" and design == get_preset("mam").design
+
+
+def test_ties_share_one_specification() -> None:
+    space = load_space(SPACES / "smoke.yaml")
+    design, _, _ = space.sample(optuna.trial.FixedTrial({
+        "head_attn.form": "none", "ffn.form": "none", "query.form|modify": "identity", "query.size": 2,
+        "train.lr": 1e-3}))
+    assert design.query == design.value and design.query is not None and design.query.size == 2
