@@ -8,7 +8,8 @@ composition function), e.g. ``ffn: relu, parallel, scaled s=4, r=512``.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -6,8 +6,8 @@ make whatever the scheduler stopped early look bad.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import combinations
-from typing import Sequence
 
 import numpy as np
 import optuna

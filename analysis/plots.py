@@ -6,8 +6,8 @@ switches the backend of a notebook or GUI that imported us. Plotly is imported l
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(df)} trials, {len(result.pareto_run_ids)} Pareto-optimal, hypervolume {result.hypervolume:.4g}")
     for note in result.notes:
         print(f"note: {note}")
-    for name, path in result.files.items():
+    for path in result.files.values():
         where = "" if args.no_log else f" (logged to run {result.parent_run_id} under {ARTIFACT_DIR}/)"
         print(f"wrote {path}{where}")
     return 0

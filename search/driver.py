@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from search.space import BranchWalker, SearchSpace, load_space, preset_params
-from trainables.config import TrainConfig
+from trainables.config import TrainConfig, parse_overrides
 from trainables.counting import count_params
 from trainables.presets import load_presets
 
@@ -52,16 +50,6 @@ class Plan:
     sampler: SpaceSampler
 
 
-def _parse_sets(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SearchError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip().removeprefix("train.")] = yaml.safe_load(value)
-    return out
-
-
 def plan(args: argparse.Namespace) -> Plan:
     from trainables.models import config_for
     from trainables.tasks import get_task
@@ -70,7 +58,7 @@ def plan(args: argparse.Namespace) -> Plan:
         space = load_space(args.space)
         task = get_task(args.dataset or space.task or "toy-cls")
         fixed = {k: d.values[0] for k, d in space.train.items() if d.kind == "fixed"}
-        fixed.update(_parse_sets(args.set))
+        fixed.update(parse_overrides(args.set))
         sampled = {k: d for k, d in space.train.items() if d.kind != "fixed" and k not in fixed}
         probe = {k: (d.low if d.kind in ("int", "float") else d.values[0]) for k, d in sampled.items()}
         cfg = TrainConfig.for_task(task.name, model=args.model or space.model, data_dir=args.data_dir,
@@ -79,8 +67,6 @@ def plan(args: argparse.Namespace) -> Plan:
         if args.num_samples < 1 or args.concurrency < 1:
             raise SearchError(f"--num-samples and --concurrency must be >= 1, got {args.num_samples}, "
                               f"{args.concurrency}")
-    except SearchError:
-        raise
     except ValueError as err:
         raise SearchError(str(err)) from None
     space = SearchSpace(**{**space.__dict__, "train": sampled})

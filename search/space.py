@@ -351,4 +351,5 @@ class _TrainDefaults:
         return call
 
 
-__all__ = ["BranchWalker", "Dim", "SearchSpace", "cardinality", "load_space", "parse_space", "preset_params", "validate"]
+__all__ = ["BranchWalker", "Dim", "SearchSpace", "cardinality", "load_space", "parse_space", "preset_params",
+           "validate"]

@@ -97,6 +97,7 @@ class MlflowSearchCallback(Callback):
         self._runs: dict[str, str] = {}
         self._last: dict[str, dict] = {}
         self._refreshed = 0.0
+        self._running: set[str] = set()
         self.counts = {"finished": 0, "stopped": 0, "failed": 0, "skipped": 0}
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks with the experiment state
@@ -140,6 +141,7 @@ class MlflowSearchCallback(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._run_for(trial)
+        self._running.add(trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._last[trial.trial_id] = result
@@ -162,6 +164,7 @@ class MlflowSearchCallback(Callback):
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, _STATUS[state])  # before the report: it orders trials by end time
         self.counts[state] += 1
+        self._running.discard(trial.trial_id)
         if state == "finished" and result is not None:
             self._front.append((float(result["score"]), float(trial.config["fraction"])))
         self._refresh()
@@ -175,8 +178,8 @@ class MlflowSearchCallback(Callback):
         done = sum(self.counts.values())
         line = (f"[{done}/{self.num_samples}] {trial.trial_id} {state}"
                 + (f" score {result['score']:.4f}" if state == "finished" and result else "")
-                + f" @ {100 * float(trial.config['fraction']):.3f}% | " + ", ".join(f"{v} {k}" for k, v in
-                                                                                  self.counts.items() if v))
+                + f" @ {100 * float(trial.config['fraction']):.3f}% | {len(self._running)} running, "
+                + ", ".join(f"{v} {k}" for k, v in self.counts.items() if v))
         if self._front:
             scores, fractions = np.array(self._front).T
             best = scores.max()

@@ -99,6 +99,19 @@ class TrainConfig:
         return {f"train.{k}": v for k, v in dataclasses.asdict(self).items()}
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings from the command line (`--set lr=3e-4`) with YAML-typed values; `train.` prefix optional."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip().removeprefix("train.")] = yaml.safe_load(value)
+    return out
+
+
 def _coerce(type_name: Any, value: Any, key: str) -> Any:
     kind = str(type_name)
     if value is None:

@@ -21,7 +21,8 @@ def bundled_names() -> list[str]:
 def _from_json(path: Path) -> PretrainedConfig:
     data = json.loads(path.read_text(encoding="utf-8"))
     if "model_type" not in data:
-        raise ValueError(f"{path}: a config.json needs a 'model_type' key to pick the architecture, got {sorted(data)}")
+        raise ValueError(f"{path}: a config.json needs a 'model_type' key to pick the architecture, "
+                         f"got keys {sorted(data)}")
     return AutoConfig.for_model(data.pop("model_type"), **data)
 
 

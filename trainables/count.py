@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{preset.name} on {args.model}: {preset.method}")
     print(preset.design.describe())
     rows = [
-        ("trainable", f"{counts.trainable:,}", "what the optimiser updates (prefix MLP, biases, LayerNorms, task head)"),
+        ("trainable", f"{counts.trainable:,}", "what the optimiser updates (prefix MLP, biases, LNs, task head)"),
         ("  petl", f"{counts.petl_trainable:,}", "of which added by the design"),
         ("  task head", f"{counts.task_head:,}", "of which the classification head"),
         ("stored", f"{counts.stored:,}", "kept after training (prefix MLP folded), task head excluded"),

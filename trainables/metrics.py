@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from rouge_score.rouge_scorer import RougeScorer
@@ -38,7 +38,7 @@ def _check_pair(metric: str, predictions: Sequence[Any], references: Sequence[An
 # ---------------------------------------------------------------------------------------------- BLEU
 
 
-@lru_cache(maxsize=None)
+@cache
 def _bleu_scorer(tokenize: str | None, smooth_method: str) -> BLEU:
     return BLEU(tokenize=tokenize, smooth_method=smooth_method)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from torch import nn
-from transformers.utils import logging as hf_logging
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, PretrainedConfig
+from transformers.utils import logging as hf_logging
 
 from trainables.data import load_tokenizer
 from trainables.design import DesignPoint

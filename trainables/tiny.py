@@ -9,7 +9,7 @@ _COMMON = {"bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2}
 
 def tiny_config(model_type: str, vocab_size: int = 128, d: int = 32, layers: int = 2, heads: int = 4,
                 ffn: int = 64, max_positions: int = 256, **overrides: object) -> PretrainedConfig:
-    """A config of `model_type` with d_model `d`, `layers` layers per stack, `heads` heads (GQA 2:1 where supported)."""
+    """A config of `model_type`: d_model `d`, `layers` layers per stack, `heads` heads (GQA 2:1 where supported)."""
     if model_type in ("bart", "mbart"):
         kw = dict(d_model=d, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads,
                   decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,

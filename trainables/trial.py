@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from trainables.config import TrainConfig
+from trainables.config import TrainConfig, parse_overrides
 from trainables.design import DesignPoint
 from trainables.presets import get_preset
 from trainables.report import TrialFailure
@@ -41,16 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_sets(items: list[str]) -> dict[str, object]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -59,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         design = (get_preset(args.preset).design if args.preset
                   else DesignPoint.from_dict(yaml.safe_load(Path(args.design).read_text())))
-        overrides = parse_sets(args.set)
+        overrides = parse_overrides(args.set)
         for key, value in (("model", args.model), ("data_dir", args.data_dir), ("max_steps", args.max_steps),
                            ("eval_every", args.eval_every), ("out_dir", args.out)):
             if value is not None:
