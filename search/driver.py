@@ -50,6 +50,20 @@ class Plan:
     sampler: SpaceSampler
 
 
+def storage_folder(storage: str) -> Path:
+    """A folder every node can reach (local disk for one machine, NFS or a mounted bucket for a cluster).
+
+    Trials write their PETL checkpoints and resume state with plain file I/O next to Ray's experiment state, so
+    object-store URIs are refused rather than half-supported: mount the bucket and pass the mount point.
+    """
+    if storage.startswith("file://"):
+        storage = storage.removeprefix("file://")
+    elif "://" in storage:
+        raise SearchError(f"--storage must be a folder reachable by every node (e.g. an NFS mount), got the URI "
+                          f"{storage!r}; mount the bucket (s3fs, gcsfuse) and pass the mount point")
+    return Path(storage).expanduser().resolve()
+
+
 def plan(args: argparse.Namespace) -> Plan:
     from trainables.models import config_for
     from trainables.tasks import get_task
@@ -73,7 +87,7 @@ def plan(args: argparse.Namespace) -> Plan:
     sampler = SpaceSampler(space, model_config, task.kind)
     sampler(BranchWalker([]))  # prices one design now: builds the backbone's meta statistics before Ray starts
     name = args.name or f"{Path(args.space).stem}-{task.name}"
-    storage = Path(args.storage).expanduser().resolve() if "://" not in args.storage else Path(args.storage)
+    storage = storage_folder(args.storage)
     settings = {"task": task.name, "model": cfg.model, "data_dir": args.data_dir, "train": fixed,
                 "trials_dir": str(storage / name / "trials"), "storage": str(storage),
                 "max_param_fraction": args.max_param_fraction, "cpus_per_trial": args.cpus_per_trial,

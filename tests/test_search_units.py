@@ -93,14 +93,15 @@ def test_unreachable_tracking_server_is_a_clear_error_at_start(monkeypatch: pyte
         (["--set", "lr=fast"], "error: lr must be of type float, got 'fast'"),
         (["--resume", "--name", "never-ran"], "error: --resume: no interrupted search named 'never-ran'"),
         (["--num-samples", "0"], "error: --num-samples and --concurrency must be >= 1, got 0, 2"),
+        (["--storage", "s3://bucket/runs"], "error: --storage must be a folder reachable by every node"),
     ],
 )
 def test_bad_input_fails_before_ray_starts(args: list[str], message: str, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
-    code = search_main(args + ["--storage", str(tmp_path / "runs"), "--tracking-uri",
-                               f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    storage = [] if "--storage" in args else ["--storage", str(tmp_path / "runs")]
+    code = search_main(args + storage + ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert code == 2
     assert message in capsys.readouterr().out
     import ray
