@@ -26,7 +26,7 @@ class TuneReporter:
 
 
 class TrainReporter:
-    """Inside Ray Train workers: rank 0 reports, the TuneReportCallback forwards to Tune."""
+    """Inside Ray Train workers: every rank reports (a collective); Tune receives rank 0's metrics."""
 
     def report(self, metrics: Mapping[str, float]) -> None:
         import ray.train
@@ -79,6 +79,8 @@ def _run_distributed(design: DesignPoint, cfg: TrainConfig, settings: Mapping[st
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    workers, gpus = int(settings["workers_per_trial"]), float(settings.get("gpus_per_trial", 0))
+
     def worker_loop(loop_config: dict[str, Any]) -> None:
         failure = _run(DesignPoint.from_dict(loop_config["design"]), TrainConfig(**loop_config["cfg"]),
                        TrainReporter(), fraction)
@@ -88,8 +90,8 @@ def _run_distributed(design: DesignPoint, cfg: TrainConfig, settings: Mapping[st
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"design": design.to_dict(), "cfg": dataclasses.asdict(cfg) | {"engine": "deepspeed"}},
-        scaling_config=ray.train.ScalingConfig(num_workers=int(settings["workers_per_trial"]),
-                                               use_gpu=float(settings.get("gpus_per_trial", 0)) > 0),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker={
+            "CPU": max(float(settings.get("cpus_per_trial", 1)) / workers, 0.01), **({"GPU": gpus} if gpus else {})}),
         run_config=ray.train.RunConfig(name=tune.get_context().get_trial_id(), storage_path=settings["storage"],
                                        callbacks=[TuneReportCallback()]),
     )

@@ -138,3 +138,15 @@ def test_a_search_killed_with_sigkill_resumes_with_no_trial_lost_or_repeated(tmp
         if status == "finished":  # a completed trial is not run again: its run was not reopened
             assert after[tid] == "finished"
     assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def test_a_trial_can_be_a_two_worker_deepspeed_job_under_ray_train(tmp_path: Path) -> None:
+    # Ray Train V2's driver pattern: the Tune trial launches a TorchTrainer whose 2 workers run the loop under
+    # DeepSpeed (gloo on CPU), each on half of every global batch; rank 0's metrics reach Tune and MLflow.
+    space = write_space(tmp_path, {"lr": 3.0e-3, "max_steps": 4, "eval_every": 2, "batch_size": 8})
+    code, client, parent_id = run(tmp_path, space, "--num-samples", "1", "--name", "ddp", "--scheduler", "none",
+                                  "--workers-per-trial", "2")
+    assert code == 0
+    (child,) = children(client, parent_id)
+    assert child.data.tags["petl.status"] == "finished" and child.data.tags["petl.fidelity"] == "4"
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "score")] == [2, 4]

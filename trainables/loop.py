@@ -137,7 +137,7 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
     ema, best_ema, tokens, run_loss, run_n = None, math.inf, 0, 0.0, 0
     t0, train_time = time.perf_counter(), 0.0
     last: dict[str, float] = {}
-    # Under Ray Train / DeepSpeed with several ranks each rank takes its share of one global batch; rank 0 reports.
+    # Under Ray Train / DeepSpeed with several ranks each rank takes its share of one global batch; rank 0 saves.
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
 
@@ -177,8 +177,7 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
         run_loss, run_n = 0.0, 0
         if rank == 0 and out_dir and step != cfg.max_steps:
             save_resume(out_dir, engine.module, optimizer, scheduler, step, {"best": best})
-        if rank == 0:
-            reporter.report(last)
+        reporter.report(last)  # every rank: Ray Train's report is a collective that all workers must join
 
     if rank == 0 and out_dir:
         save_final(out_dir, engine.module, design, {"task": task.name, "model": cfg.model, "step": cfg.max_steps,
