@@ -7,6 +7,7 @@ before Ray starts, so bad input costs seconds, not a cluster slot.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ def plan(args: argparse.Namespace) -> Plan:
                               f"{args.concurrency}")
     except ValueError as err:
         raise SearchError(str(err)) from None
-    space = SearchSpace(**{**space.__dict__, "train": sampled})
+    space = dataclasses.replace(space, train=sampled)  # fixed settings travel in `settings`, not the sampler
     sampler = SpaceSampler(space, model_config, task.kind)
     sampler(BranchWalker([]))  # prices one design now: builds the backbone's meta statistics before Ray starts
     name = args.name or f"{Path(args.space).stem}-{task.name}"
