@@ -35,6 +35,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,9 +107,12 @@ def _peak_mb() -> float:
 def _step_stats(stamps: list[float]) -> dict[str, float]:
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     if not gaps:
-        return {"s_per_step": math.nan, "s_per_step_median": math.nan}
+        return {"s_per_step": math.nan, "s_per_step_median": math.nan, "s_per_step_p90": math.nan,
+                "s_per_step_max": math.nan, "slow_steps": 0}
     s = sorted(gaps)
-    return {"s_per_step": sum(gaps) / len(gaps), "s_per_step_median": s[len(s) // 2]}
+    med = s[len(s) // 2]
+    return {"s_per_step": sum(gaps) / len(gaps), "s_per_step_median": med, "s_per_step_p90": s[int(0.9 * len(s))],
+            "s_per_step_max": s[-1], "slow_steps": sum(g > 2 * med for g in gaps)}  # slow: > 2× the median step
 
 
 def run_ours(name: str, steps: int, data_dir: str) -> dict[str, Any]:
@@ -277,7 +281,8 @@ def _fmt_int(n: int) -> str:
 
 
 def merge(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """One row per candidate; repeated runs (the ABBA LoRA pair) average their timings and keep every value."""
+    """One row per candidate. Repeated runs (the ABBA LoRA pair) take the median of their runs' timings (robust to one
+    run disturbed by the machine; the mean of two runs is their midpoint) and keep every value for the table."""
     rows: dict[str, dict[str, Any]] = {}
     for r in results:
         if r["name"] not in rows:
@@ -286,7 +291,7 @@ def merge(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         row = rows[r["name"]]
         row["runs"].append(r)
         for key in ("s_per_step", "wall_s", "process_wall_s", "tokens_per_s"):
-            row[key] = sum(x[key] for x in row["runs"]) / len(row["runs"])
+            row[key] = statistics.median(x[key] for x in row["runs"])
         row["peak_mb"] = max(x["peak_mb"] for x in row["runs"])
     return rows
 
@@ -328,49 +333,59 @@ def verdicts(rows: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
-def write_results(path: Path, command: str, rows: dict[str, dict[str, Any]], results: list[dict[str, Any]],
-                  lines: list[str], started: str, steps: int) -> None:
+def write_results(path: Path, rows: dict[str, dict[str, Any]], results: list[dict[str, Any]],
+                  lines: list[str]) -> None:
     import peft
     import torch
     import transformers
 
+    def opt(r: dict[str, Any], key: str, fmt: str) -> str:
+        return format(r[key], fmt) if key in r else "-"
+
     runs = "\n".join(
         f"| {i + 1} | {r['name']} | {r['accuracy']:.4f} | {r['s_per_step']:.3f} | {r['s_per_step_median']:.3f} | "
+        f"{opt(r, 's_per_step_p90', '.3f')} | {opt(r, 's_per_step_max', '.2f')} | {opt(r, 'slow_steps', 'd')} | "
         f"{r['tokens_per_s']:.0f} | {r['process_wall_s']:.0f} | {r['peak_mb']:.0f} | {r['load_before']:.2f} → "
-        f"{r['load_after']:.2f} | {'; '.join(r['others_after']) or '-'} |" for i, r in enumerate(results))
+        f"{r['load_after']:.2f} | {'; '.join(r['others_after']) or '-'} | {r.get('started', '?')} |"
+        for i, r in enumerate(results))
+    commands = list(dict.fromkeys((r.get("started", "?"), r.get("command", "?")) for r in results))
+    steps = sorted({r["steps"] for r in results})
+    head = next(iter(rows.values()))
     text = f"""# SST-2 with the real MiniLM: our designs against full fine-tuning and PEFT's LoRA
 
-Date: {started} (finished {datetime.datetime.now().isoformat(timespec='seconds')})
-Command: `{command}`
+Written {datetime.datetime.now().isoformat(timespec='seconds')} from the runs of:
+""" + "\n".join(f"- {when}: `{cmd}`" for when, cmd in commands) + f"""
+
 Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} (`set_num_threads({THREADS})`),
 transformers {transformers.__version__}, peft {peft.__version__}, Python {platform.python_version()}.
 
 Set-up: packaged pretrained MiniLM (BERT, 6 layers, d=384), the classifier and pooler trained in every case; train on
 `{DATA_DIR}/train.tsv` in our loop's seeded order (seed {SEED}: identical batches for every candidate), batch 32, max
-length 64, {steps} optimizer steps, AdamW betas (0.9, 0.98), eps 1e-6, weight decay 0.1 (matrices), 6% warm-up then
-linear decay, clipping 1.0, fp32, plain PyTorch engine; one evaluation on all 872 dev rows after the last step.
-s/step: mean of steps 2..N, evaluation excluded; peak RSS: `ru_maxrss` of a fresh subprocess per run. The LoRA pair
-ran first and last in reversed order (ABBA); its s/step is the mean of both runs (each in brackets).
-Settings were fixed before looking at dev: one setting per design, no tuning on dev
-(prefix: lr 2e-3 and MLP width 512 were chosen up front; scaled PA: r=64 (paper 512 at d=1024), lr 1e-3).
+length 64, {'/'.join(map(str, steps))} optimizer steps, AdamW betas (0.9, 0.98), eps 1e-6, weight decay 0.1 (matrices),
+6% warm-up then linear decay, clipping 1.0, fp32, plain PyTorch engine; one evaluation on all 872 dev rows after the
+last step. s/step: mean of steps 2..N, evaluation excluded; peak RSS: `ru_maxrss` of a fresh subprocess per run.
+The LoRA pair runs first and last in reversed order (ABBA); a design run more than once shows the median of its runs'
+s/step, every run's value in brackets. Settings were fixed before looking at dev, one setting per design, no tuning on
+dev (prefix: lr 2e-3 and MLP width 512 chosen up front; scaled PA: r=64 (paper 512 at d=1024), lr 1e-3).
 
 {table(rows)}
 
-Stored params exclude the task head (pooler + classifier, {_fmt_int(next(iter(rows.values()))['task_head'] if rows else 0)} params
-for PETL designs), which every design trains; full fine-tuning stores the whole backbone. The backbone is
-{_fmt_int(next(iter(rows.values()))['backbone']) if rows else 0} params.
+Stored params exclude the task head (pooler + classifier, {_fmt_int(head['task_head'])} params for PETL designs),
+which every design trains; full fine-tuning stores the whole backbone ({_fmt_int(head['backbone'])} params).
 
 ## Target verdicts
 
-""" + "\n".join(f"- {v}" for v in lines) + f"""
+""" + "\n".join(f"- {v}" for v in lines) + """
 
 ## Every run, in order
 
-| # | run | dev acc | s/step (mean) | s/step (median) | tokens/s | wall s | peak RSS MB | load avg before → after | other benchmarks at the end |
-|---|---|---|---|---|---|---|---|---|---|
+"slow" counts steps longer than twice the run's median step (a sign of a disturbed machine).
+
+| # | run | dev acc | s/step mean | median | p90 | max | slow | tokens/s | wall s | peak RSS MB | load avg before → after | other benchmarks at the end | invocation |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 {runs}
 """
-    path.write_text(text)
+    path.write_text(text.replace("{runs}", runs))
 
 
 def parent(args: argparse.Namespace) -> None:
@@ -380,16 +395,22 @@ def parent(args: argparse.Namespace) -> None:
     if unknown:
         raise SystemExit(f"unknown candidate(s) {unknown}; expected some of {list(CANDIDATES)}")
     print(f"SST-2 / MiniLM, {args.steps} steps, order {order}", flush=True)
+    command = ("python benchmarks/bench_sst2.py " + " ".join(sys.argv[1:])).strip()
     results = []
     for name in order:
         print(f"- {name} ({CANDIDATES[name][2]}, lr {CANDIDATES[name][1]:g}) ...", flush=True)
         r = run_candidate(name, args.steps, args.data_dir, not args.no_wait)
+        r.update(command=command, started=started)
         results.append(r)
         print(f"  acc {r['accuracy']:.4f}  {r['s_per_step']:.3f} s/step  wall {r['process_wall_s']:.0f} s  "
               f"peak {r['peak_mb']:.0f} MB  trainable {_fmt_int(r['trainable'])}  load {r['load_before']:.2f}→"
               f"{r['load_after']:.2f}", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
+    report(results, args)
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     rows = merge(results)
     lines = verdicts(rows)
     print()
@@ -398,8 +419,7 @@ def parent(args: argparse.Namespace) -> None:
     for v in lines:
         print(v)
     if not args.no_write:
-        command = "python benchmarks/bench_sst2.py " + " ".join(sys.argv[1:])
-        write_results(RESULTS, command.strip(), rows, results, lines, started, args.steps)
+        write_results(RESULTS, rows, results, lines)
         print(f"\nwrote {RESULTS}")
 
 
@@ -413,9 +433,14 @@ def main() -> None:
     ap.add_argument("--json", help="also write every run's raw result here")
     ap.add_argument("--profile", action="store_true", help="profile our LoRA and PEFT's LoRA instead")
     ap.add_argument("--profile-steps", type=int, default=10)
+    ap.add_argument("--from-json", nargs="+", metavar="JSON",
+                    help="no runs: build the table from earlier --json files (runs of one name merge)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
+    if args.from_json:
+        results = [r for path in args.from_json for r in json.loads(Path(path).read_text())]
+        report(results, args)
+    elif args.child:
         child(args.child, args.steps, args.data_dir, args.json)
     elif args.profile:
         profile(args.profile_steps, args.data_dir, rows=25)

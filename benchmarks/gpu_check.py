@@ -4,8 +4,10 @@
    with the MAM adapter injected (`mam` preset: prefix l=30 with MLP 800 at every attention module + scaled parallel
    FFN adapter r=512, s=4), trained on synthetic token batches (default 16 × 128 source / 128 target tokens, no
    padding) for `--steps` timed steps after `--warmup` discarded ones,
-     (a) with the DeepSpeed engine in bf16 (ZeRO stage 0 and 1, `--zero-stages`; built by `trainables.engine.make_engine` from
-         TrainConfig(engine="deepspeed", precision="bf16")), and
+     (a) with the DeepSpeed engine in bf16, built by `trainables.engine.make_engine` from TrainConfig(engine=
+         "deepspeed", precision="bf16"), at ZeRO stage 0 (DeepSpeed wraps the AdamW in FP16_UnfusedOptimizer with
+         bf16 gradients), stage 1 (DeepSpeedZeroOptimizer) and stage 1 with data_types.grad_accum_dtype=fp32 added
+         to the config ("1f": BF16_Optimizer, a proposed config), see `--zero-stages`; and
      (b) with the plain PyTorch engine (`TorchEngine`) under bf16 autocast (fp32 weights);
    each with a fresh model built from the same seed. Reported: tokens/s (source + target tokens), s/step, peak GPU
    memory (`torch.cuda.max_memory_allocated`, reset before the model is built) and model FLOP utilisation.
@@ -34,6 +36,7 @@ saying which ran), torch bf16 autocast on CPU, the FLOP count, and the parity ch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -221,19 +224,47 @@ def make_cfg(engine: str, precision: str, batch: int, zero_stage: int) -> Any:
                        lr=1e-4, max_grad_norm=1.0)
 
 
-def build_engine(mode: str, model: nn.Module, device: torch.device, batch: int, zero_stage: int, precision: str) -> Any:
+@contextlib.contextmanager
+def fp32_grad_accum() -> Any:
+    """Make `trainables.engine.deepspeed_config` add data_types.grad_accum_dtype=fp32 (a proposed config, not ours):
+    with bf16 at ZeRO stage 1, DeepSpeed 0.19.8 then picks BF16_Optimizer (fp32 gradient accumulation and master
+    weights) instead of DeepSpeedZeroOptimizer; at stage 0 it raises "unsupported mix"."""
+    import trainables.engine as E
+
+    original = E.deepspeed_config
+
+    def patched(cfg: Any, micro_batch: int) -> dict[str, Any]:
+        return {**original(cfg, micro_batch), "data_types": {"grad_accum_dtype": "fp32"}}
+
+    E.deepspeed_config = patched
+    try:
+        yield
+    finally:
+        E.deepspeed_config = original
+
+
+def parse_stage(token: str) -> tuple[int, bool]:
+    """'0', '1' → (stage, False); '1f' → (1, True): stage 1 with fp32 gradient accumulation."""
+    token = token.strip().lower()
+    return int(token.rstrip("f")), token.endswith("f")
+
+
+def build_engine(mode: str, model: nn.Module, device: torch.device, batch: int, zero_stage: int, precision: str,
+                 accum_fp32: bool = False) -> Any:
     from trainables.engine import TorchEngine, make_engine
 
     opt, sched = make_optimizer(model, 1e-4)
     if mode == "deepspeed":
-        return make_engine(model, opt, sched, make_cfg("deepspeed", precision, batch, zero_stage))
+        with fp32_grad_accum() if accum_fp32 else contextlib.nullcontext():
+            return make_engine(model, opt, sched, make_cfg("deepspeed", precision, batch, zero_stage))
     return TorchEngine(model, opt, sched, make_cfg("torch", precision, batch, zero_stage), device)
 
 
 def throughput(mode: str, precision: str, args: argparse.Namespace, config: Any, design: Any, device: torch.device,
-               batch: int, count_flops: bool, zero_stage: int = 0) -> dict[str, Any]:
+               batch: int, count_flops: bool, zero_stage: int = 0, accum_fp32: bool = False) -> dict[str, Any]:
     """Train `warmup` + `steps` steps; time the last `steps` (the loop's step: forward, backward, step, loss.item)."""
-    label = f"deepspeed ZeRO-{zero_stage}" if mode == "deepspeed" else "torch autocast"
+    label = (f"deepspeed ZeRO-{zero_stage}" + (" +fp32 grad-accum" if accum_fp32 else "")
+             if mode == "deepspeed" else "torch autocast")
     log(f"- {label} {precision}, batch {batch} × {args.src}/{args.tgt} ...")
     gc.collect()
     if device.type == "cuda":
@@ -242,7 +273,7 @@ def throughput(mode: str, precision: str, args: argparse.Namespace, config: Any,
     base_mem = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     t_build = time.perf_counter()
     model = build_model(config, design, device, args.seed)
-    engine = build_engine(mode, model, device, batch, zero_stage, precision)
+    engine = build_engine(mode, model, device, batch, zero_stage, precision, accum_fp32)
     build_s = time.perf_counter() - t_build
     data = [{k: v.to(device) for k, v in b.items()} for b in
             synthetic_batches(args.warmup + args.steps, batch, args.src, args.tgt, config.vocab_size, args.seed + 1)]
@@ -415,7 +446,8 @@ def main() -> None:
     ap.add_argument("--extra-batches", default="64", help="comma-separated further batch sizes (informative)")
     ap.add_argument("--src", type=int, default=128)
     ap.add_argument("--tgt", type=int, default=128)
-    ap.add_argument("--zero-stages", default="0,1", help="DeepSpeed ZeRO stages to run at --batch (0 and/or 1)")
+    ap.add_argument("--zero-stages", default="0,1,1f",
+                    help="DeepSpeed runs at --batch: 0, 1, and 1f = stage 1 with fp32 gradient accumulation")
     ap.add_argument("--parity-steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-deepspeed", action="store_true")
@@ -453,20 +485,20 @@ def main() -> None:
     log(f"device: {name}; peak bf16 {peak}; torch {torch.__version__}; deepspeed {ds_version}")
 
     batches = [args.batch] + [int(b) for b in args.extra_batches.split(",") if b.strip()]
-    stages = sorted({int(z) for z in args.zero_stages.split(",")})
+    stages = [parse_stage(z) for z in args.zero_stages.split(",") if z.strip()]
     for bi, batch in enumerate(batches):
         runs = []
-        for zi, stage in enumerate(stages if ds_version else []):
+        for zi, (stage, accum_fp32) in enumerate(stages if ds_version else []):
             if bi and zi:  # the extra batch sizes run DeepSpeed at the first stage only
                 break
             precisions = ["bf16", "fp32"] if args.cpu_smoke else ["bf16"]
             for precision in precisions:  # on CPU, fall back to fp32 if DeepSpeed's bf16 does not run there
                 try:
                     runs.append(throughput("deepspeed", precision, args, config, design, device, batch,
-                                           bi == 0 and not runs, stage))
+                                           bi == 0 and not runs, stage, accum_fp32))
                     break
                 except Exception as err:  # noqa: BLE001
-                    msg = f"deepspeed ZeRO-{stage} {precision} batch {batch}: {type(err).__name__}: {err}"
+                    msg = f"deepspeed ZeRO-{stage}{' fp32-accum' if accum_fp32 else ''} {precision} batch {batch}: {type(err).__name__}: {err}"
                     log("  FAILED " + msg)
                     rep["errors"].append(msg + "\n" + traceback.format_exc(limit=6))
                     gc.collect()

@@ -1,0 +1,191 @@
+"""Search efficiency on a cheap but real problem (not a test): budget-banded ASHA vs no early stopping vs plain ASHA.
+
+    python benchmarks/bench_search.py                 # N=10: none 10 trials, banded and asha 30 each (~15 min, 2 cores)
+    python benchmarks/bench_search.py --n 6 --mult 2  # quicker, noisier
+    python benchmarks/bench_search.py --analyze DIR   # re-print the tables of a finished run
+
+Problem: the packaged pretrained MiniLM (22.7M) on the local SST-2 sample (/work/shared/data/sst2: the first
+`train_limit` training rows, the first `eval_cap` dev rows), the space `spaces/bench_sst2.yaml` (prefix tuning l 1..32,
+FFN adapters r 1..256 sequential/parallel, tied LoRA q/v r 1..64, lr 3e-4..5e-3; stored fractions ~2e-4 .. 8e-2), at
+the short fidelity fixed in that file: 90 optimizer steps of batch 16 x 64 tokens, evaluation every 10 steps on the
+first 256 dev rows; eval_every is ASHA's grace period, so with reduction factor 3 the rungs are at 10, 30 and 90 steps
+and an early-stopped trial costs 1/9 or 1/3 of a full one.
+
+Each method is one unmodified `python search/run.py` (TPE, same --seed, --concurrency 2) into one MLflow store:
+`none` with N trials, `banded` and `asha` with mult x N trials. Compute of a trial = the fidelity (optimizer steps) it
+reached (`fidelity` column of `analysis.load.load_search`); compute of a search = their sum. Hypervolume =
+`analysis.pareto.hypervolume` (fixed reference) of the full-fidelity trials only. "HV at budget B" = hypervolume of the
+trials that completed (in completion order, `analysis.design.completion_order`) before the cumulative compute
+exceeded B - a search truncated to B steps. Targets:
+  1. HV(banded at <= compute(none)/3) >= HV(none at its full compute);
+  2. banded's front reaches lower fractions than plain ASHA's (lowest fraction on each front; trials with
+     fraction < 1e-3 that reached full fidelity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "spaces" / "bench_sst2.yaml"
+DATA = Path("/work/shared/data/sst2")
+METHODS = ("none", "banded", "asha")
+LOW = 1e-3  # "low-fraction end"
+
+
+def run_method(method: str, trials: int, work: Path, seed: int, extra: list[str]) -> dict:
+    cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--space", str(SPACE), "--data-dir", str(DATA),
+           "--num-samples", str(trials), "--storage", str(work / "runs"), "--tracking-uri",
+           f"sqlite:///{work / 'mlflow.db'}", "--name", f"bench-{method}", "--scheduler", method, "--seed", str(seed),
+           "--concurrency", "2", *extra]
+    print("$ " + " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    with open(work / f"{method}.log", "w") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    wall = time.perf_counter() - t0
+    print(f"  {method}: rc {rc}, {wall:.0f} s, log {work / f'{method}.log'}", flush=True)
+    if rc:
+        print((work / f"{method}.log").read_text()[-4000:])
+        raise SystemExit(f"search {method} failed")
+    return {"method": method, "trials": trials, "wall_s": wall, "cmd": cmd}
+
+
+def analyse(work: Path, walls: dict[str, float] | None = None) -> tuple[str, dict]:
+    import numpy as np
+
+    from analysis.design import completion_order
+    from analysis.load import load_search
+    from analysis.pareto import REFERENCE, hypervolume, pareto_mask
+
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    rows, curves = {}, {}
+    for m in METHODS:
+        try:
+            df = load_search(f"bench-{m}", tracking_uri=uri)
+        except Exception as err:  # noqa: BLE001 - a method that was not run
+            print(f"({m}: {type(err).__name__}: {err})")
+            continue
+        full = df["full_fidelity"].to_numpy(bool)
+        score = np.where(full, df["score"].to_numpy(float, na_value=np.nan), np.nan)
+        frac = df["fraction"].to_numpy(float, na_value=np.nan)
+        fid = df["fidelity"].fillna(0).to_numpy(float)
+        on_front = pareto_mask(score, frac)
+        order = completion_order(df)
+        cum, hv_curve = np.cumsum(fid[order]), []
+        for k in range(len(order)):
+            idx = order[:k + 1]
+            hv_curve.append(hypervolume(score[idx], frac[idx]))
+        curves[m] = (cum, np.array(hv_curve))
+        status = df["status"].value_counts().to_dict()
+        rows[m] = {
+            "trials": len(df), "finished": int(full.sum()), "stopped": int(status.get("stopped", 0)),
+            "failed": int(status.get("failed", 0)), "compute": float(fid.sum()),
+            "hv": hypervolume(score, frac), "front": int(on_front.sum()),
+            "lowest_front": float(np.min(frac[on_front])) if on_front.any() else math.nan,
+            "low_full": int((full & (frac < LOW)).sum()), "low_tried": int((frac < LOW).sum()),
+            "best": float(np.nanmax(score)) if full.any() else math.nan,
+            "wall_s": (walls or {}).get(m, math.nan),
+            "front_points": sorted((float(f), float(s)) for f, s in zip(frac[on_front], score[on_front])),
+        }
+
+    def hv_at(m: str, budget: float) -> tuple[float, int]:
+        cum, hv = curves[m]
+        k = int(np.searchsorted(cum, budget, side="right"))  # trials completed within the budget
+        return (float(hv[k - 1]) if k else 0.0), k
+
+    def compute_to_reach(m: str, target: float) -> float:
+        cum, hv = curves[m]
+        hit = np.flatnonzero(hv >= target - 1e-12)
+        return float(cum[hit[0]]) if hit.size else math.nan
+
+    lines = [f"reference point: score {REFERENCE.ref_score:g}, fraction {REFERENCE.ref_fraction:g}; HV in score x "
+             "decades of fraction; only full-fidelity trials count", "",
+             "| method | trials | full fidelity | stopped | failed | compute (steps) | wall s | HV | front size | "
+             "best score | lowest fraction on front | trials < 1e-3: tried / full fidelity |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m, r in rows.items():
+        lines.append(f"| {m} | {r['trials']} | {r['finished']} | {r['stopped']} | {r['failed']} | {r['compute']:.0f} | "
+                     f"{r['wall_s']:.0f} | {r['hv']:.4f} | {r['front']} | {r['best']:.4f} | {r['lowest_front']:.2e} | "
+                     f"{r['low_tried']} / {r['low_full']} |")
+    verdict: dict = {}
+    if "none" in rows:
+        c_none, hv_none = rows["none"]["compute"], rows["none"]["hv"]
+        lines += ["", f"HV at equal compute budgets (fractions of compute(none) = {c_none:.0f} steps); trials completed "
+                  "within the budget in brackets:", "",
+                  "| method | 1/3 | 1/2 | 1 | all its trials | compute to reach HV(none) = " + f"{hv_none:.4f} |",
+                  "|---|---|---|---|---|---|"]
+        for m in rows:
+            cells = []
+            for f in (1 / 3, 1 / 2, 1.0):
+                hv, k = hv_at(m, f * c_none)
+                cells.append(f"{hv:.4f} ({k})")
+            reach = compute_to_reach(m, hv_none)
+            reach_s = f"{reach:.0f} steps ({reach / c_none:.2f} x)" if math.isfinite(reach) else "not reached"
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {rows[m]['hv']:.4f} ({rows[m]['trials']}) | {reach_s} |")
+        if "banded" in rows:
+            hv_b3, k_b3 = hv_at("banded", c_none / 3)
+            verdict["target1"] = hv_b3 >= hv_none
+            lines += ["", f"Target 1 (banded at <= 1/3 of none's compute reaches HV(none)): HV(banded @ "
+                      f"{c_none / 3:.0f} steps, {k_b3} trials) = {hv_b3:.4f} vs HV(none @ {c_none:.0f} steps) = "
+                      f"{hv_none:.4f} -> {'PASS' if verdict['target1'] else 'FAIL'}"]
+            hv_b1, _ = hv_at("banded", c_none)
+            lines.append(f"  (at equal compute {c_none:.0f} steps: banded {hv_b1:.4f} vs none {hv_none:.4f})")
+    if "banded" in rows and "asha" in rows:
+        b, a = rows["banded"], rows["asha"]
+        verdict["target2"] = (b["lowest_front"] < a["lowest_front"] or not math.isfinite(a["lowest_front"])) and \
+            b["low_full"] > a["low_full"]
+        lines.append(f"Target 2 (banded covers the low-fraction end plain ASHA leaves empty): lowest fraction on the "
+                     f"front banded {b['lowest_front']:.2e} vs asha {a['lowest_front']:.2e}; full-fidelity trials "
+                     f"< 1e-3: banded {b['low_full']} of {b['low_tried']} tried vs asha {a['low_full']} of "
+                     f"{a['low_tried']} -> {'PASS' if verdict['target2'] else 'FAIL'}")
+    lines += ["", "Fronts (fraction, score), by fraction:"]
+    for m, r in rows.items():
+        lines.append(f"- {m}: " + ", ".join(f"({f:.2e}, {s:.3f})" for f, s in r["front_points"]))
+    return "\n".join(lines), {"rows": rows, "verdict": verdict}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=10, help="trials of the no-early-stopping search")
+    ap.add_argument("--mult", type=float, default=3.0, help="banded and asha run mult x N trials")
+    ap.add_argument("--seed", type=int, default=0, help="sampler seed (the same for every method)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--workdir", default=None, help="default: a new temporary folder")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to search/run.py")
+    ap.add_argument("--analyze", default=None, metavar="DIR", help="only analyse a finished run in DIR")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.analyze:
+        work = Path(args.analyze)
+        walls = json.loads((work / "walls.json").read_text()) if (work / "walls.json").exists() else None
+    else:
+        work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_search_"))
+        work.mkdir(parents=True, exist_ok=True)
+        print(f"# bench_search {datetime.datetime.now():%Y-%m-%d %H:%M} | {platform.node()} | {os.cpu_count()} cores | "
+              f"workdir {work}", flush=True)
+        extra = [a for s in args.set for a in ("--set", s)]
+        walls = json.loads((work / "walls.json").read_text()) if (work / "walls.json").exists() else {}
+        for m in args.methods.split(","):
+            n = args.n if m == "none" else int(round(args.mult * args.n))
+            walls[m] = run_method(m, n, work, args.seed, extra)["wall_s"]
+            (work / "walls.json").write_text(json.dumps(walls))
+    text, data = analyse(work, walls)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
