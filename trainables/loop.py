@@ -153,7 +153,9 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
             engine.backward(loss)
             engine.step()
             value = float(loss.detach())
-            tokens += int(batch["attention_mask"].sum()) + int((batch["labels"] != D.IGNORE_INDEX).sum())
+            tokens += int(batch["attention_mask"].sum())
+            if task.kind == "seq2seq":  # target tokens; a classification label is not a token
+                tokens += int((batch["labels"] != D.IGNORE_INDEX).sum())
             run_loss, run_n = run_loss + value, run_n + 1
             if not math.isfinite(value):
                 raise TrialFailure(f"loss is {value} (not finite)", step)

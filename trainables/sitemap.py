@@ -122,7 +122,7 @@ _BERT_LIKE = FamilyMap(
                          (Proj("output.dense", "ffn", "d"),))),
     ),
     default_task="classification",
-    # BERT's pooler feeds its classifier; the sentence-transformers MiniLM ships no trained pooler, so it trains too.
+    # BERT's pooler feeds its classifier; it was trained for next-sentence prediction, not this task, so it trains too.
     task_heads=("classifier", "pooler"),
     prompt="encoder",
 )
