@@ -200,3 +200,16 @@ def test_minilm_classification_runs_offline() -> None:
     model, tok = build(get_task("sst2"), PA, "minilm")
     assert isinstance(model, torch.nn.Module) and model.config.model_type == "bert"
     assert AutoModelForSequenceClassification is not None and tok("a fine film")["input_ids"][0] == tok.cls_token_id
+
+
+def test_the_final_checkpoint_is_written_before_the_last_report(tmp_path: Path) -> None:
+    class StopAtLast(ListReporter):  # Ray's ASHA stops a trial at max_t from inside the report call
+        def report(self, metrics):
+            super().report(metrics)
+            if metrics["step"] == 6:
+                raise SystemExit(0)
+
+    with pytest.raises(SystemExit):
+        train(PA, TrainConfig.for_task("toy-cls", max_steps=6, eval_every=3, out_dir=str(tmp_path / "t"), **FAST),
+              StopAtLast())
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["design.json", "petl.safetensors"]

@@ -179,11 +179,12 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
         run_loss, run_n = 0.0, 0
         if rank == 0 and out_dir and step != cfg.max_steps:
             save_resume(out_dir, engine.module, optimizer, scheduler, step, {"best": best})
+        if rank == 0 and out_dir and step == cfg.max_steps:
+            # Before the last report: a scheduler that stops at max_t ends the trial inside that report call.
+            save_final(out_dir, engine.module, design, {"task": task.name, "model": cfg.model, "step": step,
+                                                         "score": score}, cfg.keep_resume_state)
         reporter.report(last)  # every rank: Ray Train's report is a collective that all workers must join
 
-    if rank == 0 and out_dir:
-        save_final(out_dir, engine.module, design, {"task": task.name, "model": cfg.model, "step": cfg.max_steps,
-                                                     "score": last.get("score")}, cfg.keep_resume_state)
     return TrialResult(step=cfg.max_steps, score=last.get("score", math.nan), best_score=best, counts=counts,
                        last=last, out_dir=str(out_dir) if out_dir else None, model=engine.module,
                        engine=type(engine).__name__)
