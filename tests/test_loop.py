@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -150,6 +152,23 @@ def test_deepspeed_engine_on_cpu_matches_the_plain_pytorch_loop() -> None:
     pt = train(PA, TrainConfig.for_task("toy-cls", engine="torch", **kwargs), torch_rep)
     assert (ds.engine, pt.engine) == ("DeepSpeedEngine", "TorchEngine")
     assert [round(r["loss"], 5) for r in ds_rep.reports] == [round(r["loss"], 5) for r in torch_rep.reports]
+
+
+@pytest.mark.slow
+def test_deepspeed_bf16_accumulates_gradients_in_fp32() -> None:
+    from trainables.engine import deepspeed_config, make_engine
+
+    cfg = TrainConfig.for_task("toy-cls", engine="deepspeed", precision="bf16", grad_accum=2, max_steps=4,
+                               eval_every=4, **FAST)
+    ds = deepspeed_config(cfg, 8)
+    assert ds["zero_optimization"]["stage"] == 1 and ds["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert "data_types" not in deepspeed_config(dataclasses.replace(cfg, zero_stage=2), 8)
+    model = torch.nn.Linear(4, 1)
+    engine = make_engine(model, torch.optim.AdamW(model.parameters(), lr=1e-3), None, cfg)
+    assert type(engine.optimizer).__name__ == "BF16_Optimizer"  # fp32 grads + master weights
+    rep = ListReporter()
+    assert train(PA, cfg, rep).engine == "DeepSpeedEngine"
+    assert len(rep.reports) == 1 and math.isfinite(rep.reports[0]["loss"])
 
 
 @pytest.mark.parametrize(

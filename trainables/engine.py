@@ -87,6 +87,12 @@ def deepspeed_config(cfg: TrainConfig, micro_batch: int) -> dict[str, Any]:
     }
     if cfg.precision == "bf16":
         config["bf16"] = {"enabled": True}
+        if cfg.zero_stage <= 1:
+            # At stage 0 DeepSpeed wraps a bf16 model in FP16_UnfusedOptimizer, which accumulates micro-batch
+            # gradients in bf16 (8 mantissa bits). Stage 1 with fp32 accumulation selects its BF16_Optimizer:
+            # fp32 gradients and master weights. On one GPU stage 1 partitions nothing, so this costs no memory.
+            config["zero_optimization"]["stage"] = 1
+            config["data_types"] = {"grad_accum_dtype": "fp32"}
     elif cfg.precision == "fp16":
         config["fp16"] = {"enabled": True, "initial_scale_power": 16}
     return config
