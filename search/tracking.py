@@ -201,7 +201,7 @@ class MlflowSearchCallback(Callback):
         from analysis.report import update_search_report
 
         try:
-            update_search_report(self.client, self.parent_id, self.report_dir)
+            update_search_report(self.client, self.parent_id, self.report_dir, importance=False)
         except ValueError:
             pass  # too few finished trials for a plot yet
         self._refreshed = time.time()

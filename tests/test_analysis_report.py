@@ -221,3 +221,18 @@ def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     for flag in ("--experiment", "--parent-run-id", "--tracking-uri", "--out", "--no-log"):
         assert flag in text
+
+
+def test_periodic_refresh_defers_importance_and_keeps_the_last_plot(tmp_path: Path) -> None:
+    uri, client = _store(tmp_path)
+    s = fabricate_search(client, EXPERIMENT, 12, seed=3, statuses=STATUSES)
+    out = tmp_path / "report"
+    quick = update_search_report(client, s.parent_run_id, out, importance=False)
+    assert not (out / "importance.png").exists() and "importance.png" not in quick.files
+    assert "importance.png is computed when the search ends" in (out / "summary.md").read_text(encoding="utf-8")
+    update_search_report(client, s.parent_run_id, out)  # the final report computes it
+    assert (out / "importance.png").stat().st_size > 0
+    mtime = (out / "importance.png").stat().st_mtime_ns
+    again = update_search_report(client, s.parent_run_id, out, importance=False)
+    assert again.files["importance.png"] == out / "importance.png"  # still attached, not recomputed
+    assert (out / "importance.png").stat().st_mtime_ns == mtime
