@@ -160,3 +160,34 @@ def hypervolume_history(
         hv = _front_area(np.asarray(front_x), np.asarray(front_s), ref_score, ref_x)
         out[k] = hv
     return out
+
+
+def promotion_order(
+    score: ArrayLike,
+    fraction: ArrayLike,
+    ref_score: float = REFERENCE.ref_score,
+    ref_fraction: float = REFERENCE.ref_fraction,
+) -> NDArray[np.int64]:
+    """Indices best first: by non-dominated front, then by exclusive hypervolume contribution within a front.
+
+    Fronts are peeled with :func:`pareto_mask` (front 0 = the Pareto front, front 1 = the front of the rest, ...).
+    Within a front sorted by x = log10 fraction (scores then ascend), point i alone dominates the rectangle
+    (x_{i+1} - x_i) * (s_i - s_{i-1}), with s_{-1} = ref_score and x_n = log10 ref_fraction: that is its
+    contribution, so the cheapest point of a front (which alone covers the decades below the next one) and the
+    best-scoring one rank high. Ties keep index order; non-finite points come last. This is the order a
+    multi-objective successive-halving rung promotes in (search/scheduler.py).
+    """
+    s, f = _as_float(score), _as_float(fraction)
+    x = _log_fraction(f)
+    ref_x = math.log10(max(ref_fraction, MIN_FRACTION))
+    left = np.flatnonzero(np.isfinite(s) & np.isfinite(x))
+    order: list[int] = []
+    while left.size:
+        on = pareto_mask(s[left], x[left])
+        front, left = left[on], left[~on]
+        front = front[np.argsort(x[front], kind="stable")]
+        xs, ss = x[front], s[front]
+        contrib = np.diff(np.append(xs, ref_x)) * (ss - np.concatenate([[ref_score], ss[:-1]]))
+        order.extend(front[np.argsort(-contrib, kind="stable")].tolist())
+    nonfinite = np.setdiff1d(np.arange(s.size), np.asarray(order, dtype=np.int64))
+    return np.asarray(order + nonfinite.tolist(), dtype=np.int64)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from analysis.pareto import MIN_FRACTION, REFERENCE, hypervolume, hypervolume_history, pareto_mask
+from analysis.pareto import MIN_FRACTION, REFERENCE, hypervolume, hypervolume_history, pareto_mask, promotion_order
 
 NAN = float("nan")
 
@@ -157,3 +157,20 @@ def test_speed_100k_points() -> None:
     elapsed = time.perf_counter() - t0
     assert mask.any() and math.isfinite(hv) and hist[-1] > 0
     assert elapsed < 2.0, elapsed  # target is milliseconds; generous for loaded CI machines
+
+
+def test_promotion_order_fronts_then_hypervolume_contribution() -> None:
+    # x = log10 fraction. Front 0: A(-4, 0.6), B(-2, 0.8), D(-3, 0.7); C(-3, 0.5) is dominated by A; E is NaN.
+    # Exclusive contributions on front 0 sorted by x (A, D, B), with x_ref = 0 and s_ref = 0:
+    #   A: (-3 - -4) * (0.6 - 0)   = 0.6
+    #   D: (-2 - -3) * (0.7 - 0.6) = 0.1
+    #   B: ( 0 - -2) * (0.8 - 0.7) = 0.2
+    score = [0.6, 0.8, 0.5, 0.7, np.nan]
+    fraction = [1e-4, 1e-2, 1e-3, 1e-3, 1e-5]
+    assert promotion_order(score, fraction).tolist() == [0, 1, 3, 2, 4]
+
+
+def test_promotion_order_single_front_cheapest_first_when_scores_equal() -> None:
+    # Equal scores: only the cheapest is on front 0; the rest form later fronts one by one (cheapest first).
+    assert promotion_order([0.7, 0.7, 0.7], [1e-2, 1e-4, 1e-3]).tolist() == [1, 2, 0]
+    assert promotion_order([], []).tolist() == []

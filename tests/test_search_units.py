@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.cli import main as search_main
-from search.scheduler import BudgetBandedASHA, band_of
+from search.scheduler import BudgetBandedASHA, ParetoASHA, band_of, make_scheduler
 from search.searcher import TruthfulOptunaSearch, outcome
 from search.tracking import check_tracking
 
@@ -74,6 +74,39 @@ def test_budget_bands_keep_small_designs_from_competing_with_large_ones() -> Non
     assert plain.on_trial_result(None, small, {"step": 10, "score": 0.6}) == "STOP"
 
 
+def test_pareto_asha_rungs_and_promotion_by_front_and_contribution() -> None:
+    sched = ParetoASHA(max_t=90, grace_period=10, reduction_factor=3)
+    assert sched.rungs == [10.0, 30.0]  # 90 = max_t is not a rung: a trial there ends by itself
+    trials = {"big": fake_trial("big", 1e-2), "mid": fake_trial("mid", 1e-3), "small": fake_trial("small", 1e-4),
+              "worse": fake_trial("worse", 1e-2)}
+    decide = lambda tid, step, score: sched.on_trial_result(None, trials[tid], {"step": step, "score": score})  # noqa: E731
+    assert decide("big", 10, 0.80) == "CONTINUE"  # 1 recorded: ceil(1/3) = 1 promoted
+    # The small design scores far below, but nothing recorded is cheaper: it is on front 0 and its contribution
+    # (-2 - -4) * 0.55 = 1.1 beats big's (0 - -2) * (0.80 - 0.55) = 0.5, so it ranks first of 2 (1 promoted).
+    assert decide("small", 10, 0.55) == "CONTINUE"
+    # big is now second: a third trial dominated by big (same fraction, lower score) ranks last of 3.
+    assert decide("worse", 10, 0.70) == "STOP"
+    # mid (1e-3, 0.60) joins front 0 {small, mid, big}; contributions small (-3 - -4) * 0.55 = 0.55,
+    # mid (-2 - -3) * 0.05 = 0.05, big 2 * 0.20 = 0.40 -> order small, big, mid, worse: ceil(4/3) = 2 promoted.
+    assert decide("mid", 10, 0.60) == "STOP"
+    # A trial decides once per rung; later results between rungs continue; the next rung decides anew.
+    assert decide("big", 20, 0.10) == "CONTINUE"
+    assert decide("big", 30, 0.85) == "CONTINUE"
+    assert decide("small", 30, 0.50) == "CONTINUE"  # cheapest at rung 30: front 0, contribution 1.0 > big's 0.7
+    # At max_t nothing is stopped (the trial ends itself after writing its final checkpoint).
+    assert decide("small", 90, 0.10) == "CONTINUE"
+    assert "rung 10: 4" in sched.debug_string()
+
+
+def test_make_scheduler_kinds_and_errors() -> None:
+    assert isinstance(make_scheduler("pareto", max_t=90, grace_period=10, reduction_factor=3, bands_per_decade=2),
+                      ParetoASHA)
+    with pytest.raises(ValueError, match=r"scheduler must be one of \['pareto', 'banded', 'asha', 'none'\], got 'moasha'"):
+        make_scheduler("moasha", max_t=90, grace_period=10, reduction_factor=3, bands_per_decade=2)
+    with pytest.raises(ValueError, match=r"grace_period must be >= 1 and reduction_factor > 1, got 0, 3"):
+        ParetoASHA(max_t=90, grace_period=0, reduction_factor=3)
+
+
 def test_unreachable_tracking_server_is_a_clear_error_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -117,3 +150,4 @@ def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
                  "--address", "--gpus-per-trial", "--workers-per-trial", "--max-failures", "--storage", "--resume",
                  "--tracking-uri"):
         assert flag in text
+
