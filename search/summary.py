@@ -23,7 +23,12 @@ def front_table(df: Any) -> str:
 def finish(client: Any, parent_id: str, tracking_uri: str, report_dir: str) -> None:
     from analysis.load import load_search
     from analysis.report import update_search_report
+    from search.tracking import close_interrupted
 
+    lost = close_interrupted(client, parent_id)
+    if lost:
+        print(f"interrupted: {', '.join(lost)} (started by the killed driver after its last saved state; "
+              "their slots were run again)")
     try:
         update_search_report(client, parent_id, report_dir)
     except ValueError as err:
@@ -32,7 +37,8 @@ def finish(client: Any, parent_id: str, tracking_uri: str, report_dir: str) -> N
     df = load_search(parent_run_id=parent_id, client=client)
     counts = df["status"].value_counts().to_dict()
     print(f"\n{len(df)} trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("finished", "stopped", "failed",
-                                                                                   "skipped")))
+                                                                                   "skipped", "interrupted")
+                                       if counts.get(s, 0) or s == "finished"))
     print("Pareto-optimal designs (full fidelity; score up, stored parameter fraction down):")
     print(front_table(df))
     print(f"\nPlots, CSV and summary: {report_dir}\nBrowse it: mlflow ui --backend-store-uri {tracking_uri}  "

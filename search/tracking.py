@@ -205,3 +205,20 @@ class MlflowSearchCallback(Callback):
         except ValueError:
             pass  # too few finished trials for a plot yet
         self._refreshed = time.time()
+
+
+def close_interrupted(client: Any, parent_id: str) -> list[str]:
+    """At the end of a search no trial runs: close children still marked running, as `interrupted`.
+
+    They are trials a killed driver had started (and opened a child run for) in the second before Ray's
+    experiment state was saved, so `--resume` does not know them and runs their slot again under a new id.
+    Their partial steps are lost; left RUNNING they would look alive forever.
+    """
+    parent = client.get_run(parent_id)
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+                              "attributes.status = 'RUNNING'")
+    for run in runs:
+        client.set_tag(run.info.run_id, "petl.status", "interrupted")
+        client.set_terminated(run.info.run_id, "KILLED")
+    return [r.data.tags.get("petl.trial_id", r.info.run_id) for r in runs]
+

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from search.cli import main as search_main
 from search.scheduler import BudgetBandedASHA, ParetoASHA, band_of, make_scheduler
 from search.searcher import TruthfulOptunaSearch, outcome
-from search.tracking import check_tracking
+from search.tracking import check_tracking, close_interrupted
 
 
 def space(trial) -> dict:
@@ -150,4 +150,20 @@ def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
                  "--address", "--gpus-per-trial", "--workers-per-trial", "--max-failures", "--storage", "--resume",
                  "--tracking-uri"):
         assert flag in text
+
+
+def test_search_end_closes_children_left_running_as_interrupted(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("s")
+    parent = client.create_run(exp).info.run_id
+    tags = {"mlflow.parentRunId": parent, "petl.role": "trial"}
+    done = client.create_run(exp, tags={**tags, "petl.trial_id": "a", "petl.status": "finished"}).info.run_id
+    client.set_terminated(done, "FINISHED")
+    orphan = client.create_run(exp, tags={**tags, "petl.trial_id": "b", "petl.status": "running"}).info.run_id
+    assert close_interrupted(client, parent) == ["b"]
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert client.get_run(orphan).data.tags["petl.status"] == "interrupted"
+    assert client.get_run(done).info.status == "FINISHED" and close_interrupted(client, parent) == []
 
