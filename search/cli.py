@@ -1,7 +1,7 @@
 """`python search/run.py --space spaces/full.yaml --dataset en-ro`: search the unified PETL design space.
 
 Every trial trains one design point (sampled by Optuna from the YAML space, two objectives: task score up, stored
-parameter fraction down) under Ray Tune, with early stopping inside parameter-budget bands; MLflow records a parent
+parameter fraction down) under Ray Tune, with early stopping that ranks trials by Pareto rank; MLflow records a parent
 run for the search and a child run per trial, with the Pareto plots on the parent. With no arguments it runs the
 smoke space on a generated task with a tiny model: local Ray, a local SQLite MLflow store, nothing downloaded.
 """
@@ -33,12 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix a training setting for every trial, e.g. --set max_steps=2000 (repeatable)")
     s = p.add_argument_group("how to search")
     s.add_argument("--sampler", choices=["tpe", "nsga2"], default="tpe", help="Optuna's multi-objective sampler")
-    s.add_argument("--scheduler", choices=["banded", "asha", "none"], default="banded",
-                   help="early stopping: ASHA within parameter-budget bands (default), plain ASHA, or none")
+    s.add_argument("--scheduler", choices=["pareto", "banded", "asha", "none"], default="pareto",
+                   help="early stopping: 'pareto' (default) = ASHA whose rungs promote by Pareto rank on (score, "
+                   "fraction), as MOASHA; 'banded' = ASHA within parameter-budget bands; 'asha' = plain ASHA on "
+                   "score; 'none' = every trial to full fidelity")
     s.add_argument("--grace-period", type=int, default=None, help="steps before a trial can be stopped "
                    "(default: the space's eval_every)")
     s.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA keeps 1/this of trials per rung")
-    s.add_argument("--bands-per-decade", type=int, default=2, help="budget bands per factor 10 of parameter fraction")
+    s.add_argument("--bands-per-decade", type=int, default=2,
+                   help="with --scheduler banded: budget bands per factor 10 of parameter fraction")
     s.add_argument("--seed", type=int, default=0, help="sampler seed")
     r = p.add_argument_group("where it runs")
     r.add_argument("--address", default=None, help="join a Ray cluster (e.g. auto or ray://head:10001); "
