@@ -5,9 +5,10 @@
    FFN adapter r=512, s=4), trained on synthetic token batches (default 16 × 128 source / 128 target tokens, no
    padding) for `--steps` timed steps after `--warmup` discarded ones,
      (a) with the DeepSpeed engine in bf16, built by `trainables.engine.make_engine` from TrainConfig(engine=
-         "deepspeed", precision="bf16"), at ZeRO stage 0 (DeepSpeed wraps the AdamW in FP16_UnfusedOptimizer with
-         bf16 gradients), stage 1 (DeepSpeedZeroOptimizer) and stage 1 with data_types.grad_accum_dtype=fp32 added
-         to the config ("1f": BF16_Optimizer, a proposed config), see `--zero-stages`; and
+         "deepspeed", precision="bf16"), as shipped at ZeRO stage <= 1 (stage 1 + data_types.grad_accum_dtype=fp32:
+         DeepSpeed's BF16_Optimizer, fp32 gradient accumulation and master weights) and stage 2, and the config
+         shipped before ("0b": stage 0, where DeepSpeed wraps AdamW in FP16_UnfusedOptimizer and accumulates
+         gradients in bf16), see `--zero-stages`; and
      (b) with the plain PyTorch engine (`TorchEngine`) under bf16 autocast (fp32 weights);
    each with a fresh model built from the same seed. Reported: tokens/s (source + target tokens), s/step, peak GPU
    memory (`torch.cuda.max_memory_allocated`, reset before the model is built) and model FLOP utilisation.
@@ -225,16 +226,18 @@ def make_cfg(engine: str, precision: str, batch: int, zero_stage: int) -> Any:
 
 
 @contextlib.contextmanager
-def fp32_grad_accum() -> Any:
-    """Make `trainables.engine.deepspeed_config` add data_types.grad_accum_dtype=fp32 (a proposed config, not ours):
-    with bf16 at ZeRO stage 1, DeepSpeed 0.19.8 then picks BF16_Optimizer (fp32 gradient accumulation and master
-    weights) instead of DeepSpeedZeroOptimizer; at stage 0 it raises "unsupported mix"."""
+def legacy_bf16_accum() -> Any:
+    """The DeepSpeed config shipped before: bf16 at ZeRO stage 0 with DeepSpeed's default bf16 gradient accumulation
+    (FP16_UnfusedOptimizer), kept here to time it against the fp32-accumulating config `deepspeed_config` builds."""
     import trainables.engine as E
 
     original = E.deepspeed_config
 
     def patched(cfg: Any, micro_batch: int) -> dict[str, Any]:
-        return {**original(cfg, micro_batch), "data_types": {"grad_accum_dtype": "fp32"}}
+        config = original(cfg, micro_batch)
+        config.pop("data_types", None)
+        config["zero_optimization"]["stage"] = 0
+        return config
 
     E.deepspeed_config = patched
     try:
@@ -244,26 +247,26 @@ def fp32_grad_accum() -> Any:
 
 
 def parse_stage(token: str) -> tuple[int, bool]:
-    """'0', '1' → (stage, False); '1f' → (1, True): stage 1 with fp32 gradient accumulation."""
+    """'1', '2' → (stage, False): the shipped config; '0b' → (0, True): the bf16-accumulating config of before."""
     token = token.strip().lower()
-    return int(token.rstrip("f")), token.endswith("f")
+    return int(token.rstrip("b")), token.endswith("b")
 
 
 def build_engine(mode: str, model: nn.Module, device: torch.device, batch: int, zero_stage: int, precision: str,
-                 accum_fp32: bool = False) -> Any:
+                 legacy: bool = False) -> Any:
     from trainables.engine import TorchEngine, make_engine
 
     opt, sched = make_optimizer(model, 1e-4)
     if mode == "deepspeed":
-        with fp32_grad_accum() if accum_fp32 else contextlib.nullcontext():
+        with legacy_bf16_accum() if legacy else contextlib.nullcontext():
             return make_engine(model, opt, sched, make_cfg("deepspeed", precision, batch, zero_stage))
     return TorchEngine(model, opt, sched, make_cfg("torch", precision, batch, zero_stage), device)
 
 
 def throughput(mode: str, precision: str, args: argparse.Namespace, config: Any, design: Any, device: torch.device,
-               batch: int, count_flops: bool, zero_stage: int = 0, accum_fp32: bool = False) -> dict[str, Any]:
+               batch: int, count_flops: bool, zero_stage: int = 0, legacy: bool = False) -> dict[str, Any]:
     """Train `warmup` + `steps` steps; time the last `steps` (the loop's step: forward, backward, step, loss.item)."""
-    label = (f"deepspeed ZeRO-{zero_stage}" + (" +fp32 grad-accum" if accum_fp32 else "")
+    label = (f"deepspeed ZeRO-{zero_stage}" + (" bf16 grad-accum (before)" if legacy else "")
              if mode == "deepspeed" else "torch autocast")
     log(f"- {label} {precision}, batch {batch} × {args.src}/{args.tgt} ...")
     gc.collect()
@@ -273,7 +276,7 @@ def throughput(mode: str, precision: str, args: argparse.Namespace, config: Any,
     base_mem = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     t_build = time.perf_counter()
     model = build_model(config, design, device, args.seed)
-    engine = build_engine(mode, model, device, batch, zero_stage, precision, accum_fp32)
+    engine = build_engine(mode, model, device, batch, zero_stage, precision, legacy)
     build_s = time.perf_counter() - t_build
     data = [{k: v.to(device) for k, v in b.items()} for b in
             synthetic_batches(args.warmup + args.steps, batch, args.src, args.tgt, config.vocab_size, args.seed + 1)]
@@ -446,8 +449,8 @@ def main() -> None:
     ap.add_argument("--extra-batches", default="64", help="comma-separated further batch sizes (informative)")
     ap.add_argument("--src", type=int, default=128)
     ap.add_argument("--tgt", type=int, default=128)
-    ap.add_argument("--zero-stages", default="0,1,1f",
-                    help="DeepSpeed runs at --batch: 0, 1, and 1f = stage 1 with fp32 gradient accumulation")
+    ap.add_argument("--zero-stages", default="1,2,0b",
+                    help="DeepSpeed runs at --batch: 1, 2 (as shipped) and 0b = the bf16-accumulating stage-0 config of before")
     ap.add_argument("--parity-steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-deepspeed", action="store_true")
@@ -488,17 +491,17 @@ def main() -> None:
     stages = [parse_stage(z) for z in args.zero_stages.split(",") if z.strip()]
     for bi, batch in enumerate(batches):
         runs = []
-        for zi, (stage, accum_fp32) in enumerate(stages if ds_version else []):
+        for zi, (stage, legacy) in enumerate(stages if ds_version else []):
             if bi and zi:  # the extra batch sizes run DeepSpeed at the first stage only
                 break
             precisions = ["bf16", "fp32"] if args.cpu_smoke else ["bf16"]
             for precision in precisions:  # on CPU, fall back to fp32 if DeepSpeed's bf16 does not run there
                 try:
                     runs.append(throughput("deepspeed", precision, args, config, design, device, batch,
-                                           bi == 0 and not runs, stage, accum_fp32))
+                                           bi == 0 and not runs, stage, legacy))
                     break
                 except Exception as err:  # noqa: BLE001
-                    msg = f"deepspeed ZeRO-{stage}{' fp32-accum' if accum_fp32 else ''} {precision} batch {batch}: {type(err).__name__}: {err}"
+                    msg = f"deepspeed ZeRO-{stage}{' (before)' if legacy else ''} {precision} batch {batch}: {type(err).__name__}: {err}"
                     log("  FAILED " + msg)
                     rep["errors"].append(msg + "\n" + traceback.format_exc(limit=6))
                     gc.collect()
