@@ -136,7 +136,7 @@ def load_table(path: Path) -> dict[str, dict[str, Any]]:
 
 def simulate(method: str, seed: int, table: dict[str, dict[str, Any]], sampler: Any, *, workers: int, max_t: int,
              n_trials: int | None = None, horizon: float | None = None, grace: int = 10, eta: float = 3,
-             bands: int = 2) -> list[dict[str, Any]]:
+             bands: int = 2, memo: bool = False) -> list[dict[str, Any]]:
     """One search, event by event: `workers` trials run at once, each reporting at the steps its curve has.
 
     `none` starts exactly `n_trials`; the others keep every worker busy until `horizon` (simulated steps per
@@ -158,6 +158,7 @@ def simulate(method: str, seed: int, table: dict[str, dict[str, Any]], sampler: 
     trials: dict[str, tuple[_Trial, dict[str, Any]]] = {}
     done: list[dict[str, Any]] = []
     started = 0
+    finished_keys: set[str] = set()  # memo: a config already trained to full fidelity is answered from the table
 
     def start(now: float) -> None:
         nonlocal started
@@ -165,6 +166,14 @@ def simulate(method: str, seed: int, table: dict[str, dict[str, Any]], sampler: 
         started += 1
         config = searcher.suggest(tid)
         row = table[key_of(config)]  # KeyError: the grid table does not cover the space
+        if memo and key_of(config) in finished_keys:  # deterministic training: the same config, the same result
+            result = {"step": max_t, "score": row["curve"][max_t], "fraction": row["fraction"]}
+            searcher.on_trial_complete(tid, result)
+            done.append({"trial": tid, "end": now, "steps": 0, "fraction": row["fraction"],
+                         "score": result["score"], "finished": True, "reused": True})
+            if may_start(now):
+                start(now)
+            return
         trial = _Trial(tid, config)
         scheduler.on_trial_add(None, trial)
         trials[tid] = (trial, row)
@@ -172,7 +181,9 @@ def simulate(method: str, seed: int, table: dict[str, dict[str, Any]], sampler: 
         heapq.heappush(events, (now + steps[0], started, tid, steps[0]))
 
     def may_start(now: float) -> bool:
-        return started < n_trials if n_trials is not None else now < horizon
+        if n_trials is not None:
+            return started < n_trials
+        return now < horizon and started < 20_000  # the cap only matters if every suggestion is a reused one
 
     for _ in range(workers):
         if may_start(0.0):
@@ -193,6 +204,8 @@ def simulate(method: str, seed: int, table: dict[str, dict[str, Any]], sampler: 
             searcher.on_trial_complete(tid, result)
             scheduler.on_trial_complete(None, trial, result)
             finished = not failed and step >= max_t
+            if finished:
+                finished_keys.add(key_of(trial.config))
             done.append({"trial": tid, "end": now, "steps": step, "fraction": row["fraction"],
                          "score": result.get("score") if finished else math.nan, "finished": finished})
             if may_start(now):
@@ -232,7 +245,8 @@ def replay(args: argparse.Namespace) -> int:
           f"{', ORACLE rungs' if args.oracle else ''}", flush=True)
     per: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     for seed in range(args.seed0, args.seed0 + args.seeds):
-        base = simulate("none", seed, table, sampler, workers=args.workers, max_t=max_t, n_trials=args.n)
+        base = simulate("none", seed, table, sampler, workers=args.workers, max_t=max_t, n_trials=args.n,
+                        memo=args.memo)
         t_none = max(d["end"] for d in base)
         curve_none = hv_by_time(base)
         hv_none = curve_none[1][-1]
@@ -240,7 +254,7 @@ def replay(args: argparse.Namespace) -> int:
         for m in methods:
             done = base if m == "none" else simulate(m, seed, table, sampler, workers=args.workers, max_t=max_t,
                                                      horizon=t_none * args.horizon, grace=args.grace, eta=args.eta,
-                                                     bands=args.bands)
+                                                     bands=args.bands, memo=args.memo)
             times, hv = hv_by_time(done)
             reach = next((t for t, h in zip(times, hv) if h >= hv_none - 1e-12), math.inf)
             within = [d for d in done if d["end"] <= t_none + 1e-9]  # counts at equal compute
@@ -296,6 +310,8 @@ def main() -> int:
     r.add_argument("--bands", type=int, default=2, help="bands per decade (banded)")
     r.add_argument("--horizon", type=float, default=1.0,
                    help="early-stopping searches run until this multiple of none's compute")
+    r.add_argument("--memo", action="store_true",
+                   help="what-if: a config already trained to full fidelity is answered from its result, 0 steps")
     r.add_argument("--oracle", action="store_true", help="what-if: rungs see the final score (an upper bound)")
     r.add_argument("--low", type=float, default=1e-3, help="the low-fraction end: full-fidelity trials below this")
     r.add_argument("--json", default=None)
