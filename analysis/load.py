@@ -26,6 +26,7 @@ from analysis.design import BASE_COLUMNS, SITES
 PAGE_SIZE = 1000  # the maximum MLflow accepts per search_runs page
 ROLE_TAG, STATUS_TAG, FIDELITY_TAG, MAX_FIDELITY_TAG = "petl.role", "petl.status", "petl.fidelity", "petl.max_fidelity"
 PRESET_TAG, FAILURE_TAG, PARETO_TAG = "petl.preset", "petl.failure", "petl.pareto"
+REUSED_TAG = "petl.reused_from"  # a duplicate config answered from an earlier trial's result: it trained 0 steps
 
 # Used only when a child lacks petl.status (e.g. the trial process died before tagging it).
 _MLFLOW_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed", "RUNNING": "running",
@@ -157,6 +158,7 @@ def _row(run: Run) -> dict[str, Any]:
         "preset": tags.get(PRESET_TAG),
         "failure": tags.get(FAILURE_TAG),
         "pareto_tag": tags.get(PARETO_TAG),
+        "reused_from": tags.get(REUSED_TAG),
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
     }

@@ -79,6 +79,7 @@ def analyse(work: Path, walls: dict[str, float] | None = None) -> tuple[str, dic
         score = np.where(full, df["score"].to_numpy(float, na_value=np.nan), np.nan)
         frac = df["fraction"].to_numpy(float, na_value=np.nan)
         fid = df["fidelity"].fillna(0).to_numpy(float)
+        fid[df["reused_from"].notna().to_numpy()] = 0.0  # answered from an identical trial's result: no training
         on_front = pareto_mask(score, frac)
         order = completion_order(df)
         cum, hv_curve = np.cumsum(fid[order]), []

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bands-per-decade", type=int, default=2,
                    help="with --scheduler banded: budget bands per factor 10 of parameter fraction")
     s.add_argument("--seed", type=int, default=0, help="sampler seed")
+    s.add_argument("--rerun-duplicates", action="store_true",
+                   help="train a config again when an identical one already reached full fidelity in this search "
+                   "(default: reuse its result; training is seeded, so a rerun would repeat it)")
     r = p.add_argument_group("where it runs")
     r.add_argument("--address", default=None, help="join a Ray cluster (e.g. auto or ray://head:10001); "
                    "default: start Ray locally")

@@ -92,7 +92,8 @@ def plan(args: argparse.Namespace) -> Plan:
     settings = {"task": task.name, "model": cfg.model, "data_dir": args.data_dir, "train": fixed,
                 "trials_dir": str(storage / name / "trials"), "storage": str(storage),
                 "max_param_fraction": args.max_param_fraction, "cpus_per_trial": args.cpus_per_trial,
-                "gpus_per_trial": args.gpus_per_trial, "workers_per_trial": args.workers_per_trial}
+                "gpus_per_trial": args.gpus_per_trial, "workers_per_trial": args.workers_per_trial,
+                "rerun_duplicates": args.rerun_duplicates}
     return Plan(space=space, task=task, name=name, storage=storage,
                 tracking_uri=args.tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}",
                 experiment=args.experiment or name, settings=settings, max_steps=cfg.max_steps, sampler=sampler)

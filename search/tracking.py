@@ -161,6 +161,8 @@ class MlflowSearchCallback(Callback):
             tags.append(RunTag("petl.stopped_at", str(fidelity)))
         if reason:
             tags.append(RunTag("petl.failure", reason[:5000]))
+        if (result or {}).get("reused_from"):  # an identical config's result, not trained again
+            tags.append(RunTag("petl.reused_from", str(result["reused_from"])))
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, _STATUS[state])  # before the report: it orders trials by end time
         self.counts[state] += 1
@@ -178,6 +180,7 @@ class MlflowSearchCallback(Callback):
         done = sum(self.counts.values())
         line = (f"[{done}/{self.num_samples}] {trial.trial_id} {state}"
                 + (f" score {result['score']:.4f}" if state == "finished" and result else "")
+                + (f" (reused from {result['reused_from']})" if result and result.get("reused_from") else "")
                 + f" @ {100 * float(trial.config['fraction']):.3f}% | {len(self._running)} running, "
                 + ", ".join(f"{v} {k}" for k, v in self.counts.items() if v))
         if self._front:

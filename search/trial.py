@@ -4,10 +4,17 @@ Runs on Ray workers; imports nothing from the driver. A NaN or diverging loss is
 deterministic, so retrying it would waste a slot); crashes propagate so Ray's FailureConfig can retry them.
 With `workers_per_trial > 1` the trainable is the driver of a Ray Train `TorchTrainer` whose workers run the same
 loop under DeepSpeed (Ray Train V2's pattern: a Tune function that launches the trainer).
+
+Training is seeded and its batches are step-addressed, so a config that already reached full fidelity in this search
+would give the same result again: TPE suggests such duplicates often in categorical spaces (11-18 of 30 trials in
+benchmarks/results_search.md). `ResultMemo` answers them from the first run's final result instead of training.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,19 +25,59 @@ from trainables.design import DesignPoint
 from trainables.report import TrialFailure
 
 
+class ResultMemo:
+    """Final results of this search's full-fidelity trials, one JSON file per config under <search>/results/."""
+
+    def __init__(self, folder: str | Path, config: Mapping[str, Any], cfg: TrainConfig, trial_id: str,
+                 workers: int = 1) -> None:
+        train = dataclasses.asdict(cfg)
+        for key in ("out_dir", "keep_resume_state"):  # where the trial writes, not what it computes
+            train.pop(key, None)
+        # The global batch is batch_size x workers, so the worker count is part of what the trial computes.
+        blob = json.dumps({"design": config["design"], "train": train, "workers": workers}, sort_keys=True,
+                          default=str)
+        self.path = Path(folder) / f"{hashlib.sha256(blob.encode()).hexdigest()[:32]}.json"
+        self.trial_id, self.max_steps = trial_id, cfg.max_steps
+
+    def lookup(self) -> dict[str, Any] | None:
+        """The first run's final metrics, with `reused_from` naming its trial; None if no such run finished."""
+        if not self.path.exists():
+            return None
+        stored = json.loads(self.path.read_text())
+        return {**stored["metrics"], "reused_from": stored["trial_id"]}
+
+    def record(self, metrics: Mapping[str, Any]) -> None:
+        if metrics.get("failed") or metrics.get("score") is None or int(metrics.get("step", 0)) < self.max_steps:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"trial_id": self.trial_id, "metrics": dict(metrics)}, default=float))
+        os.replace(tmp, self.path)  # atomic on one filesystem: a reader never sees half a file
+
+
 class TuneReporter:
+    def __init__(self, memo: ResultMemo | None = None) -> None:
+        self.memo = memo
+
     def report(self, metrics: Mapping[str, float]) -> None:
         from ray import tune
 
+        if self.memo:
+            self.memo.record(metrics)  # before tune.report: a scheduler may end the trial inside it
         tune.report(dict(metrics))
 
 
 class TrainReporter:
     """Inside Ray Train workers: every rank reports (a collective); Tune receives rank 0's metrics."""
 
+    def __init__(self, memo: ResultMemo | None = None) -> None:
+        self.memo = memo
+
     def report(self, metrics: Mapping[str, float]) -> None:
         import ray.train
 
+        if self.memo and ray.train.get_context().get_world_rank() == 0:
+            self.memo.record(metrics)
         ray.train.report(dict(metrics))
 
 
@@ -62,16 +109,25 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
         tune.report({"over_budget": 1, "step": 0, "fraction": fraction})
         return
     design = DesignPoint.from_dict(config["design"])
-    cfg = _train_config(config, settings, tune.get_context().get_trial_id())
-    if int(settings.get("workers_per_trial", 1)) > 1:
-        _run_distributed(design, cfg, settings, fraction)
+    trial_id = tune.get_context().get_trial_id()
+    cfg = _train_config(config, settings, trial_id)
+    memo = None if settings.get("rerun_duplicates") else ResultMemo(
+        Path(settings["trials_dir"]).parent / "results", config, cfg, trial_id,
+        int(settings.get("workers_per_trial", 1)))
+    reused = memo.lookup() if memo else None
+    if reused:
+        tune.report(reused)
         return
-    failure = _run(design, cfg, TuneReporter(), fraction)
+    if int(settings.get("workers_per_trial", 1)) > 1:
+        _run_distributed(design, cfg, settings, fraction, memo)
+        return
+    failure = _run(design, cfg, TuneReporter(memo), fraction)
     if failure:
         tune.report(failure)
 
 
-def _run_distributed(design: DesignPoint, cfg: TrainConfig, settings: Mapping[str, Any], fraction: float) -> None:
+def _run_distributed(design: DesignPoint, cfg: TrainConfig, settings: Mapping[str, Any], fraction: float,
+                     memo: ResultMemo | None) -> None:
     import dataclasses
 
     import ray.train
@@ -83,7 +139,7 @@ def _run_distributed(design: DesignPoint, cfg: TrainConfig, settings: Mapping[st
 
     def worker_loop(loop_config: dict[str, Any]) -> None:
         failure = _run(DesignPoint.from_dict(loop_config["design"]), TrainConfig(**loop_config["cfg"]),
-                       TrainReporter(), fraction)
+                       TrainReporter(memo), fraction)
         if failure:
             ray.train.report(failure)
 

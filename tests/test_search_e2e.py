@@ -155,3 +155,24 @@ def test_a_trial_can_be_a_two_worker_deepspeed_job_under_ray_train(tmp_path: Pat
     (child,) = children(client, parent_id)
     assert child.data.tags["petl.status"] == "finished" and child.data.tags["petl.fidelity"] == "4"
     assert [m.step for m in client.get_metric_history(child.info.run_id, "score")] == [2, 4]
+
+
+def test_a_config_already_trained_to_full_fidelity_is_reused_not_retrained(tmp_path: Path) -> None:
+    # One design and one lr: every suggestion after the first is a duplicate of a seeded, finished run.
+    space = write_space(tmp_path, {"lr": 3.0e-3, "max_steps": 4, "eval_every": 2},
+                        sites={"ffn": {"form": ["relu"], "size": [2], "composition": "scaled", "scale": 2.0,
+                                       "init": "lora"}})
+    code, client, parent_id = run(tmp_path, space, "--num-samples", "3", "--name", "dup", "--scheduler", "none",
+                                  "--concurrency", "1")
+    assert code == 0
+    runs = sorted(children(client, parent_id), key=lambda r: r.info.start_time)
+    assert [r.data.tags["petl.status"] for r in runs] == ["finished"] * 3
+    first = runs[0].data.tags["petl.trial_id"]
+    assert "petl.reused_from" not in runs[0].data.tags
+    assert [r.data.tags.get("petl.reused_from") for r in runs[1:]] == [first, first]
+    assert {r.data.metrics["score"] for r in runs} == {runs[0].data.metrics["score"]}
+    trained = sorted(p.parent.name for p in (tmp_path / "runs" / "dup" / "trials").glob("*/petl.safetensors"))
+    assert trained == [first]  # trained once
+    from analysis.load import load_search
+
+    assert load_search(parent_run_id=parent_id, client=client)["reused_from"].notna().sum() == 2

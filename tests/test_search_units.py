@@ -167,3 +167,24 @@ def test_search_end_closes_children_left_running_as_interrupted(tmp_path: Path) 
     assert client.get_run(orphan).data.tags["petl.status"] == "interrupted"
     assert client.get_run(done).info.status == "FINISHED" and close_interrupted(client, parent) == []
 
+
+
+def test_result_memo_keys_on_what_the_trial_computes_and_records_only_full_fidelity(tmp_path: Path) -> None:
+    import dataclasses
+
+    from search.trial import ResultMemo
+    from trainables.config import TrainConfig
+
+    config = {"design": {"ffn": {"form": "relu", "size": 2}}}
+    cfg = TrainConfig.for_task("toy-cls", max_steps=4, eval_every=2, lr=1e-3, out_dir=str(tmp_path / "a"))
+    memo = ResultMemo(tmp_path, config, cfg, "first")
+    same = ResultMemo(tmp_path, config, dataclasses.replace(cfg, out_dir=str(tmp_path / "b")), "second")
+    assert same.path == memo.path  # where a trial writes is not what it computes
+    assert ResultMemo(tmp_path, config, dataclasses.replace(cfg, lr=2e-3), "x").path != memo.path
+    assert ResultMemo(tmp_path, {"design": {"ffn": {"form": "relu", "size": 4}}}, cfg, "x").path != memo.path
+    assert ResultMemo(tmp_path, config, cfg, "x", workers=2).path != memo.path  # global batch = batch x workers
+    memo.record({"step": 2, "score": 0.7, "fraction": 0.01})  # partial fidelity: not a result
+    memo.record({"step": 4, "failed": 1, "failure": "loss is nan", "fraction": 0.01})
+    assert same.lookup() is None
+    memo.record({"step": 4, "score": 0.75, "loss": 0.3, "fraction": 0.01})
+    assert same.lookup() == {"step": 4, "score": 0.75, "loss": 0.3, "fraction": 0.01, "reused_from": "first"}
