@@ -3,6 +3,8 @@
 Ray hands a searcher the last result of an early-stopped trial as if it had completed, which puts partial-fidelity
 scores on the Pareto front. Here only a trial that reached full fidelity is COMPLETE (with its [score, fraction]);
 an early-stopped one is PRUNED and a failed one FAIL, so the sampler and the front see only real results.
+A design over `--max-param-fraction` is PRUNED too, and infeasible through the sampler's `constraints_func`
+(`BudgetConstraint`), so TPE and NSGA-II learn where the budget ends instead of ignoring the skipped trial.
 """
 
 from __future__ import annotations
@@ -28,6 +30,19 @@ def outcome(result: dict[str, Any] | None, max_steps: int, error: bool = False) 
     return "stopped"
 
 
+class BudgetConstraint:
+    """Optuna constraints_func: fraction - limit (<= 0 is feasible); the fraction is set as a user attr when sampled.
+
+    A class, not a closure: the sampler is pickled with the searcher's state for --resume.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+
+    def __call__(self, trial: Any) -> tuple[float]:
+        return (float(trial.user_attrs.get("fraction", 0.0)) - self.limit,)
+
+
 class TruthfulOptunaSearch(OptunaSearch):
     def __init__(self, *args: Any, max_steps: int, **kwargs: Any) -> None:
         super().__init__(*args, metric=OBJECTIVES, mode=DIRECTIONS, **kwargs)
@@ -43,7 +58,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         ot_trial.set_user_attr("outcome", state)
         if result and "step" in result:
             ot_trial.set_user_attr("fidelity", int(result["step"]))
-        self._ot_study.tell(ot_trial, state=TrialState.PRUNED if state == "stopped" else TrialState.FAIL)
+        self._ot_study.tell(ot_trial, state=TrialState.FAIL if state == "failed" else TrialState.PRUNED)
         self._completed_trials.add(trial_id)
         return None
 
