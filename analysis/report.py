@@ -106,10 +106,6 @@ def summary_markdown(df: pd.DataFrame, pareto: pd.Series, hv: float, notes: list
     return "\n".join(out) + "\n"
 
 
-class _Deferred(Exception):
-    """Importance left to the final report."""
-
-
 def write_report(df: pd.DataFrame, out_dir: str | Path, *, importance: bool = True) -> ReportResult:
     """Write the report files for a loaded search; touches no MLflow state.
 
@@ -127,23 +123,22 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, importance: bool = Tr
              "front.html": front_figure_html(df, out / "front.html")}
     notes: list[str] = []
     importances: pd.Series | None = None
-    try:
-        if not importance:
-            raise _Deferred("importance.png is computed when the search ends")
-        importances = param_importance(df, "score")
-        panels = {"score": importances}
-        try:
-            panels["fraction"] = param_importance(df, "fraction")
-        except ValueError:
-            pass
-        files["importance.png"] = importance_figure_png(panels, out / "importance.png")
-    except _Deferred as exc:
-        notes.append(str(exc))
-        if (out / "importance.png").exists():
+    if not importance:
+        notes.append("importance.png is computed when the search ends")
+        if (out / "importance.png").exists():  # the last one computed stays attached
             files["importance.png"] = out / "importance.png"
-    except ValueError as exc:
-        notes.append(f"importance.png skipped: {exc}")
-        (out / "importance.png").unlink(missing_ok=True)  # never leave a stale plot from an older update
+    else:
+        try:
+            importances = param_importance(df, "score")
+            panels = {"score": importances}
+            try:
+                panels["fraction"] = param_importance(df, "fraction")
+            except ValueError:
+                pass
+            files["importance.png"] = importance_figure_png(panels, out / "importance.png")
+        except ValueError as exc:
+            notes.append(f"importance.png skipped: {exc}")
+            (out / "importance.png").unlink(missing_ok=True)  # never leave a stale plot from an older update
     effects = marginal_effects(df) if df["full_fidelity"].any() else None
     df.to_csv(out / "trials.csv", index=False)
     files["trials.csv"] = out / "trials.csv"

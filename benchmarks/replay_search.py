@@ -42,21 +42,12 @@ def key_of(config: dict[str, Any]) -> str:
 
 
 def sampler_for(space_path: Path) -> Any:
-    from search.driver import SpaceSampler
-    from search.space import load_space
-    from trainables.models import config_for
-    from trainables.tasks import get_task
+    """(SpaceSampler, fixed training settings, task) exactly as `python search/run.py --space ...` plans them."""
+    from search.cli import build_parser
+    from search.driver import plan
 
-    space = load_space(space_path)
-    task = get_task(space.task)
-    fixed = {k: d.values[0] for k, d in space.train.items() if d.kind == "fixed"}
-    import dataclasses
-
-    narrowed = dataclasses.replace(space, train={k: d for k, d in space.train.items() if d.kind != "fixed"})
-    from trainables.config import TrainConfig
-
-    cfg = TrainConfig.for_task(task.name, model=space.model, **fixed)
-    return SpaceSampler(narrowed, config_for(task, cfg.model), task.kind), fixed, task
+    p = plan(build_parser().parse_args(["--space", str(space_path)]))
+    return p.sampler, p.settings["train"], p.task
 
 
 def grid_configs(space_path: Path) -> list[dict[str, Any]]:

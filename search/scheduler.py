@@ -77,7 +77,7 @@ class ParetoASHA(FIFOScheduler):
         if grace_period < 1 or reduction_factor <= 1:
             raise ValueError(f"grace_period must be >= 1 and reduction_factor > 1, got {grace_period}, "
                              f"{reduction_factor}")
-        self._metric, self._time_attr, self.eta, self.max_t = metric, time_attr, reduction_factor, max_t
+        self._metric, self._time_attr, self.eta = metric, time_attr, reduction_factor
         self.rungs: list[float] = []
         t = float(grace_period)
         while t < max_t:

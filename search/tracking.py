@@ -224,4 +224,3 @@ def close_interrupted(client: Any, parent_id: str) -> list[str]:
         client.set_tag(run.info.run_id, "petl.status", "interrupted")
         client.set_terminated(run.info.run_id, "KILLED")
     return [r.data.tags.get("petl.trial_id", r.info.run_id) for r in runs]
-

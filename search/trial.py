@@ -128,8 +128,6 @@ def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
 
 def _run_distributed(design: DesignPoint, cfg: TrainConfig, settings: Mapping[str, Any], fraction: float,
                      memo: ResultMemo | None) -> None:
-    import dataclasses
-
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer

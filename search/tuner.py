@@ -46,8 +46,8 @@ def fit(plan: Any, args: argparse.Namespace, searcher: Any, callback: Any) -> No
                                         max_concurrent_trials=args.concurrency,
                                         # A fresh worker costs ~1.5 s to launch plus ~4 s of torch/transformers
                                         # imports per trial; reusing it is safe because train() writes the final
-                                        # checkpoint before its last report and our schedulers never stop a trial
-                                        # at max_t (benchmarks/results_search.md, section 1).
+                                        # checkpoint before its last report, the call inside which Ray's ASHA
+                                        # ends a trial at max_t (benchmarks/results_search.md, section 1).
                                         reuse_actors=True),
             run_config=tune.RunConfig(name=plan.name, storage_path=str(plan.storage), callbacks=[callback],
                                       failure_config=tune.FailureConfig(max_failures=args.max_failures),
