@@ -33,15 +33,16 @@ import itertools
 import json
 import math
 import os
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from contention import others_running, wait_for_quiet
+from sst2_results import merge, table, verdicts, write_results
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -52,6 +53,7 @@ RESULTS = REPO / "benchmarks" / "results_sst2.md"
 DATA_DIR = "/work/shared/data/sst2"
 THREADS = 2
 SEED = 42
+ME = Path(__file__).name  # what others_running / busy_processes leave out: this benchmark's own processes
 
 # Candidates: name → (design as a dict, or "peft", learning rate, what it is). Budgets for MiniLM (d=384, 6 layers).
 CANDIDATES: dict[str, tuple[Any, float, str]] = {
@@ -70,6 +72,7 @@ CANDIDATES: dict[str, tuple[Any, float, str]] = {
     "mam_glue": ("preset:mam_glue", 1e-3, "ours: MAM (GLUE) preset: prefix l=16 MLP 800 + scaled PA(ffn) r=16 s=2"),
 }
 # ABBA for the LoRA pair: first and last, in reversed order.
+DESCRIBE = {name: c[2] for name, c in CANDIDATES.items()}  # what each candidate is, for the tables
 DEFAULT_ORDER = ("lora", "peft_lora", "full", "scaled_pa", "prefix", "mam_glue", "peft_lora", "lora")
 
 
@@ -244,55 +247,8 @@ def profile(steps: int, data_dir: str, rows: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # parent: run the candidates, print and write the table
 # ---------------------------------------------------------------------------------------------------------------------
-def others_running() -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "benchmarks/bench_"], capture_output=True, text=True, check=False).stdout
-    return [line for line in out.splitlines() if line.strip() and "bench_sst2.py" not in line]
-
-
-def busy_processes(threshold: float = 20.0) -> list[str]:
-    """Processes outside this benchmark using more than `threshold`% CPU right now (ps: lifetime average, so a
-    second sample 4 s apart decides, at 1 s resolution)."""
-    def sample() -> dict[str, tuple[float, str]]:
-        out = subprocess.run(["ps", "-eo", "pid=,ppid=,times=,args="], capture_output=True, text=True,
-                             check=False).stdout
-        rows = {}
-        for line in out.splitlines():
-            parts = line.split(None, 3)
-            if len(parts) == 4 and parts[2].isdigit():
-                rows[parts[0]] = (float(parts[2]), parts[3])
-        return rows
-
-    mine = {str(os.getpid())}
-    a = sample()
-    time.sleep(4.0)
-    b = sample()
-    busy = []
-    for pid, (cpu_s, cmd) in b.items():
-        if pid in mine or "bench_sst2.py" in cmd or pid not in a:
-            continue
-        if 100 * (cpu_s - a[pid][0]) / 4.0 > threshold:
-            busy.append(f"{pid} {cmd[:80]}")
-    return busy
-
-
-def wait_for_quiet(poll: float = 20.0, settle_max: float = 600.0) -> float:
-    """Wait until no other benchmarks/bench_* process runs, then (at most `settle_max` s more) until no other process
-    is busy: what a benchmark leaves behind (Ray workers, subprocesses) can keep the cores busy after it exits."""
-    waited, t0 = False, time.time()
-    while others := others_running():
-        if not waited:
-            print(f"  waiting for other benchmarks: {others}", flush=True)
-            waited = True
-        time.sleep(poll)
-    t1 = time.time()
-    while (busy := busy_processes()) and time.time() - t1 < settle_max:
-        print(f"  waiting for busy processes to settle: {busy}", flush=True)
-        time.sleep(poll)
-    return time.time() - t0
-
-
 def run_candidate(name: str, steps: int, data_dir: str, wait: bool) -> dict[str, Any]:
-    waited = wait_for_quiet() if wait else 0.0
+    waited = wait_for_quiet(ME) if wait else 0.0
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
@@ -304,138 +260,8 @@ def run_candidate(name: str, steps: int, data_dir: str, wait: bool) -> dict[str,
             raise RuntimeError(f"{name} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
         result = json.loads(Path(out).read_text())
     result.update(process_wall_s=wall, load_before=load0, load_after=os.getloadavg()[0], waited_s=waited,
-                  others_after=others_running())
+                  others_after=others_running(ME))
     return result
-
-
-def _fmt_int(n: int) -> str:
-    return f"{n:,}"
-
-
-DISTURBED = 1.10  # a run whose mean step exceeds its median step by more than 10% was disturbed by other work
-
-
-def disturbed(r: dict[str, Any]) -> bool:
-    """Stalls of seconds (other jobs on the shared cores) raise a run's mean step far above its median step; an
-    undisturbed run's mean is within a few per cent of its median (the steps differ only by their padded length)."""
-    return r["s_per_step"] > DISTURBED * r["s_per_step_median"]
-
-
-def merge(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """One row per candidate. A candidate run more than once (the ABBA LoRA pair, reruns) averages the timings of its
-    undisturbed runs (all runs if every one was disturbed); the table lists every run's values, and the accuracy is
-    the same in every run (same seed, same batches, deterministic CPU kernels) or all values are shown."""
-    rows: dict[str, dict[str, Any]] = {}
-    for r in results:
-        rows.setdefault(r["name"], dict(r, runs=[]))["runs"].append(r)
-    for row in rows.values():
-        clean = [x for x in row["runs"] if not disturbed(x)] or row["runs"]
-        for key in ("s_per_step", "s_per_step_median", "wall_s", "process_wall_s", "tokens_per_s"):
-            row[key] = statistics.mean(x[key] for x in clean)
-        row["peak_mb"] = max(x["peak_mb"] for x in row["runs"])
-    return rows
-
-
-def table(rows: dict[str, dict[str, Any]]) -> str:
-    head = ("| design | lr | trainable params | stored params | stored / backbone | dev acc (872) | s/step | "
-            "s/step (median step) | train s | wall s | peak RSS MB |")
-    lines = [head, "|" + "---|" * 11]
-    for name, r in rows.items():
-        spp, med = f"{r['s_per_step']:.3f}", f"{r['s_per_step_median']:.3f}"
-        if len(r["runs"]) > 1:  # every run's value; * marks a disturbed run, left out of the average
-            mark = ["*" if disturbed(x) else "" for x in r["runs"]]
-            spp += " (" + " / ".join(f"{x['s_per_step']:.3f}{m}" for x, m in zip(r["runs"], mark)) + ")"
-            med += " (" + " / ".join(f"{x['s_per_step_median']:.3f}{m}" for x, m in zip(r["runs"], mark)) + ")"
-        acc = " / ".join(f"{x['accuracy']:.4f}" for x in r["runs"]) if len(
-            {round(x["accuracy"], 6) for x in r["runs"]}) > 1 else f"{r['accuracy']:.4f}"
-        lines.append(
-            f"| {name}: {CANDIDATES[name][2]} | {r['lr']:g} | {_fmt_int(r['trainable'])} | {_fmt_int(r['stored'])} | "
-            f"{100 * r['fraction']:.3f}% | {acc} | {spp} | {med} | {r['s_per_step'] * r['steps']:.0f} | "
-            f"{r['process_wall_s']:.0f} | {r['peak_mb']:.0f} |")
-    return "\n".join(lines)
-
-
-def verdicts(rows: dict[str, dict[str, Any]]) -> list[str]:
-    out = []
-    if "lora" in rows and "peft_lora" in rows:
-        ours, ref = rows["lora"], rows["peft_lora"]
-        d_acc = ours["accuracy"] - ref["accuracy"]
-        ratio = ours["s_per_step"] / ref["s_per_step"]
-        med_ratio = ours["s_per_step_median"] / ref["s_per_step_median"]
-        n_ours = sum(not disturbed(x) for x in ours["runs"])
-        n_ref = sum(not disturbed(x) for x in ref["runs"])
-        out.append(f"{'PASS' if d_acc >= -0.01 else 'FAIL'}: our LoRA accuracy within one point of PEFT's: "
-                   f"{ours['accuracy']:.4f} vs {ref['accuracy']:.4f} ({100 * d_acc:+.2f} points)")
-        out.append(f"{'PASS' if ratio <= 1.05 else 'FAIL'}: our LoRA within 5% of PEFT's speed: "
-                   f"{ours['s_per_step']:.3f} vs {ref['s_per_step']:.3f} s/step ({100 * (ratio - 1):+.1f}%; "
-                   f"undisturbed runs: {n_ours} of {len(ours['runs'])} ours, {n_ref} of {len(ref['runs'])} PEFT's); "
-                   f"median step {ours['s_per_step_median']:.3f} vs {ref['s_per_step_median']:.3f} "
-                   f"({100 * (med_ratio - 1):+.1f}%)")
-    petl = {n: r for n, r in rows.items() if n not in ("full", "peft_lora")}
-    if "full" in rows and petl:
-        best = max(petl, key=lambda n: petl[n]["accuracy"])
-        gap = rows["full"]["accuracy"] - petl[best]["accuracy"]
-        out.append(f"{'PASS' if gap <= 0.02 else 'FAIL'}: best PETL design within two points of full fine-tuning: "
-                   f"{best} {petl[best]['accuracy']:.4f} vs full {rows['full']['accuracy']:.4f} "
-                   f"({100 * gap:.2f} points behind)")
-    return out
-
-
-def write_results(path: Path, rows: dict[str, dict[str, Any]], results: list[dict[str, Any]],
-                  lines: list[str]) -> None:
-    import peft
-    import torch
-    import transformers
-
-    def opt(r: dict[str, Any], key: str, fmt: str) -> str:
-        return format(r[key], fmt) if key in r else "-"
-
-    runs = "\n".join(
-        f"| {i + 1} | {r['name']} | {r['accuracy']:.4f} | {r['s_per_step']:.3f} | {r['s_per_step_median']:.3f} | "
-        f"{opt(r, 's_per_step_p90', '.3f')} | {opt(r, 's_per_step_max', '.2f')} | {opt(r, 'slow_steps', 'd')} | "
-        f"{r['tokens_per_s']:.0f} | {r['process_wall_s']:.0f} | {r['peak_mb']:.0f} | {r['load_before']:.2f} → "
-        f"{r['load_after']:.2f} | {'; '.join(r['others_after']) or '-'} | {r.get('started', '?')} |"
-        for i, r in enumerate(results))
-    commands = list(dict.fromkeys((r.get("started", "?"), r.get("command", "?")) for r in results))
-    steps = sorted({r["steps"] for r in results})
-    head = next(iter(rows.values()))
-    text = f"""# SST-2 with the real MiniLM: our designs against full fine-tuning and PEFT's LoRA
-
-Written {datetime.datetime.now().isoformat(timespec='seconds')} by `{("python benchmarks/bench_sst2.py " + " ".join(sys.argv[1:])).strip()}`
-from the runs of:
-""" + "\n".join(f"- {when}: `{cmd}`" for when, cmd in commands) + f"""
-
-Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} (`set_num_threads({THREADS})`),
-transformers {transformers.__version__}, peft {peft.__version__}, Python {platform.python_version()}.
-
-Set-up: packaged pretrained MiniLM (BERT, 6 layers, d=384), the classifier and pooler trained in every case; train on
-`{DATA_DIR}/train.tsv` in our loop's seeded order (seed {SEED}: identical batches for every candidate), batch 32, max
-length 64, {'/'.join(map(str, steps))} optimizer steps, AdamW betas (0.9, 0.98), eps 1e-6, weight decay 0.1 (matrices),
-6% warm-up then linear decay, clipping 1.0, fp32, plain PyTorch engine; one evaluation on all 872 dev rows after the
-last step. s/step: mean (and median) of steps 2..N, evaluation excluded; peak RSS: `ru_maxrss` of a fresh subprocess per run.
-The LoRA pair runs first and last in reversed order (ABBA); a design run more than once shows the mean over its
-undisturbed runs, every run's value in brackets (* = disturbed: its mean step exceeds its median step by more than 10%,
-i.e. other work on the shared cores stalled some steps for seconds; such a run's accuracy still counts). Settings were fixed before looking at dev, one setting per design, no tuning on
-dev (prefix: lr 2e-3 and MLP width 512 chosen up front; scaled PA: r=64 (paper 512 at d=1024), lr 1e-3).
-
-{table(rows)}
-
-Stored params exclude the task head (pooler + classifier, {_fmt_int(head['task_head'])} params for PETL designs),
-which every design trains; full fine-tuning stores the whole backbone ({_fmt_int(head['backbone'])} params).
-
-## Target verdicts
-
-""" + "\n".join(f"- {v}" for v in lines) + """
-
-## Every run, in order
-
-"slow" counts steps longer than twice the run's median step (a sign of a disturbed machine).
-
-| # | run | dev acc | s/step mean | median | p90 | max | slow | tokens/s | wall s | peak RSS MB | load avg before → after | other benchmarks at the end | invocation |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
-{runs}
-"""
-    path.write_text(text.replace("{runs}", runs))
 
 
 def parent(args: argparse.Namespace) -> None:
@@ -453,7 +279,7 @@ def parent(args: argparse.Namespace) -> None:
         r.update(command=command, started=started)
         results.append(r)
         print(f"  acc {r['accuracy']:.4f}  {r['s_per_step']:.3f} s/step  wall {r['process_wall_s']:.0f} s  "
-              f"peak {r['peak_mb']:.0f} MB  trainable {_fmt_int(r['trainable'])}  load {r['load_before']:.2f}→"
+              f"peak {r['peak_mb']:.0f} MB  trainable {r['trainable']:,}  load {r['load_before']:.2f}→"
               f"{r['load_after']:.2f}", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
@@ -464,12 +290,12 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     rows = merge(results)
     lines = verdicts(rows)
     print()
-    print(table(rows))
+    print(table(rows, DESCRIBE))
     print()
     for v in lines:
         print(v)
     if not args.no_write:
-        write_results(RESULTS, rows, results, lines)
+        write_results(RESULTS, rows, results, lines, describe=DESCRIBE, threads=THREADS, data_dir=DATA_DIR, seed=SEED)
         print(f"\nwrote {RESULTS}")
 
 

@@ -13,13 +13,9 @@
    each with a fresh model built from the same seed. Reported: tokens/s (source + target tokens), s/step, peak GPU
    memory (`torch.cuda.max_memory_allocated`, reset before the model is built) and model FLOP utilisation.
 
-   FLOPs are PETL training FLOPs counted honestly, per step: forward = 2·rows·d_in·d_out for every nn.Linear call
-   (frozen and trainable, LM head included, counted by forward hooks on one real forward pass) plus the attention
-   score and value matmuls (4·B·T_q·T_k·d per attention module, T_k including the l prefix slots, the causal decoder
-   self-attention counting only the unmasked half); backward = activation gradients (2× the forward FLOPs of each
-   matmul whose input needs a gradient, i.e. every layer the gradient flows through) + weight gradients (2× forward)
-   only for trainable weights. MFU = FLOPs / step time / the GPU's peak dense bf16 FLOP/s (by device name:
-   H100 SXM/H200 989e12, H100 NVL 835e12, H100 PCIe 756e12, A100 312e12). torch's FlopCounterMode count of one
+   FLOPs are PETL training FLOPs counted honestly (`benchmarks/flop_count.py`: every nn.Linear call plus the
+   attention matmuls, backward only where the gradient flows); MFU = FLOPs / step time / the GPU's peak dense bf16
+   FLOP/s (H100 SXM/H200 989e12, H100 NVL 835e12, H100 PCIe 756e12, A100 312e12). torch's FlopCounterMode count of one
    executed step is printed beside it as a cross-check (it counts what the kernels do, e.g. full causal matrices).
 
 2. Parity: a tiny BART (`trainables.tiny.tiny_config("bart")`, dropout off) with a small MAM design (dropout off),
@@ -37,7 +33,6 @@ saying which ran), torch bf16 autocast on CPU, the FLOP count, and the parity ch
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import math
@@ -58,22 +53,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, i
 import torch
 from torch import nn
 
-# Peak dense bf16 FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name(); first match wins.
-PEAK_BF16 = (("H200", 989e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("GH200", 989e12),
-             ("A100", 312e12), ("L40S", 362e12))
-TARGET_MFU = 0.40
-TARGET_DS_RATIO = 1.0
+from engine_variants import build_engine, make_cfg, make_optimizer, parse_stage
+from flop_count import add_mfu, executed_flops, peak_flops, step_flops
+from gpu_report import add_verdicts, summary_text
+
 
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def peak_flops(name: str) -> float | None:
-    for key, value in PEAK_BF16:
-        if key in name:
-            return value
-    return None
 
 
 def sync(device: torch.device) -> None:
@@ -127,142 +114,9 @@ def synthetic_batches(n: int, batch: int, src: int, tgt: int, vocab: int, seed: 
     return out
 
 
-def make_optimizer(model: nn.Module, lr: float) -> tuple[torch.optim.Optimizer, Any]:
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# FLOPs
-# ---------------------------------------------------------------------------------------------------------------------
-def linear_flops(model: nn.Module, batch: dict[str, torch.Tensor], call: Any) -> dict[str, float]:
-    """Forward, activation-gradient and weight-gradient FLOPs of every nn.Linear call in one forward pass."""
-    tally = {"fwd": 0.0, "act": 0.0, "wgrad": 0.0, "fwd_trainable": 0.0}
-
-    def hook(mod: nn.Linear, args: tuple, _out: Any) -> None:
-        x = args[0]
-        f = 2.0 * (x.numel() // x.shape[-1]) * mod.in_features * mod.out_features
-        tally["fwd"] += f
-        if x.requires_grad:
-            tally["act"] += f
-        if mod.weight.requires_grad:
-            tally["wgrad"] += f
-            tally["fwd_trainable"] += f
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear)]
-    try:
-        with torch.enable_grad():
-            out = call(**batch)
-            del out
-    finally:
-        for h in handles:
-            h.remove()
-    return tally
-
-
-def attention_flops(config: Any, batch: int, src: int, tgt: int, prefix: int) -> dict[str, float]:
-    """Score (QKᵀ) and value (PV) matmuls of every attention module; backward = 2× forward where the gradient flows.
-
-    The first encoder layer and the first decoder layer read the frozen embeddings, so their self-attention's
-    queries, keys and values need no gradient: there only dP = dO·Vᵀ (one matmul over every unmasked key) and the
-    prefix columns of dK and dV are computed. Everywhere else all four backward matmuls are needed (the prefix and the
-    adapters put trainable parameters in every layer).
-    """
-    d = config.d_model
-    enc, dec = config.encoder_layers, config.decoder_layers
-
-    def mm(tq: float, keys: float) -> float:  # one (B, Tq, d) × (B, d, keys) product; keys summed over queries
-        return 2.0 * batch * tq * keys * d
-
-    enc_keys = src + prefix
-    dec_keys = prefix + (tgt + 1) / 2  # causal: query i sees the l prefix slots and keys 0..i (mean (T+1)/2)
-    enc_self, dec_self, cross = 2 * mm(src, enc_keys), 2 * mm(tgt, dec_keys), 2 * mm(tgt, enc_keys)
-    fwd = enc * enc_self + dec * (dec_self + cross)
-    enc_first = mm(src, enc_keys) + 2 * mm(src, prefix)  # dP, and dK/dV of the prefix slots
-    dec_first = mm(tgt, dec_keys) + 2 * mm(tgt, prefix)
-    act = (enc - 1) * 2 * enc_self + enc_first + (dec - 1) * 2 * dec_self + dec_first + dec * 2 * cross
-    return {"fwd": fwd, "act": act, "wgrad": 0.0}
-
-
-def step_flops(model: nn.Module, config: Any, batch: dict[str, torch.Tensor], call: Any, prefix: int) -> dict[str, Any]:
-    lin = linear_flops(model, batch, call)
-    b, s = batch["input_ids"].shape
-    t = batch["labels"].shape[1]
-    att = attention_flops(config, b, s, t, prefix)
-    total = lin["fwd"] + lin["act"] + lin["wgrad"] + att["fwd"] + att["act"]
-    full_ft = 3 * (lin["fwd"] + att["fwd"])  # what the same step would cost with every weight trainable
-    return {"linear": lin, "attention": att, "total": total, "forward": lin["fwd"] + att["fwd"],
-            "full_finetune_equivalent": full_ft}
-
-
-def executed_flops(engine: Any, batch: dict[str, torch.Tensor]) -> float | None:
-    """torch's FlopCounterMode over one executed forward + backward (a cross-check of the analytic count)."""
-    try:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        counter = FlopCounterMode(display=False)
-        with counter:
-            out = engine(**batch)
-            out.loss.backward()
-        engine.module.zero_grad(set_to_none=True)
-        return float(counter.get_total_flops())
-    except Exception as err:  # noqa: BLE001 - a cross-check must not sink the run
-        log(f"  FlopCounterMode failed: {type(err).__name__}: {err}")
-        return None
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # throughput
 # ---------------------------------------------------------------------------------------------------------------------
-def make_cfg(engine: str, precision: str, batch: int, zero_stage: int) -> Any:
-    from trainables.config import TrainConfig
-
-    # The task only validates the config here; nothing is read from it.
-    return TrainConfig(task="en-ro", engine=engine, precision=precision, batch_size=batch, zero_stage=zero_stage,
-                       lr=1e-4, max_grad_norm=1.0)
-
-
-@contextlib.contextmanager
-def legacy_bf16_accum() -> Any:
-    """The DeepSpeed config shipped before: bf16 at ZeRO stage 0 with DeepSpeed's default bf16 gradient accumulation
-    (FP16_UnfusedOptimizer), kept here to time it against the fp32-accumulating config `deepspeed_config` builds."""
-    import trainables.engine as E
-
-    original = E.deepspeed_config
-
-    def patched(cfg: Any, micro_batch: int) -> dict[str, Any]:
-        config = original(cfg, micro_batch)
-        config.pop("data_types", None)
-        config["zero_optimization"]["stage"] = 0
-        return config
-
-    E.deepspeed_config = patched
-    try:
-        yield
-    finally:
-        E.deepspeed_config = original
-
-
-def parse_stage(token: str) -> tuple[int, bool]:
-    """'1', '2' → (stage, False): the shipped config; '0b' → (0, True): the bf16-accumulating config of before."""
-    token = token.strip().lower()
-    return int(token.rstrip("b")), token.endswith("b")
-
-
-def build_engine(mode: str, model: nn.Module, device: torch.device, batch: int, zero_stage: int, precision: str,
-                 legacy: bool = False) -> Any:
-    from trainables.engine import TorchEngine, make_engine
-
-    opt, sched = make_optimizer(model, 1e-4)
-    if mode == "deepspeed":
-        with legacy_bf16_accum() if legacy else contextlib.nullcontext():
-            return make_engine(model, opt, sched, make_cfg("deepspeed", precision, batch, zero_stage))
-    return TorchEngine(model, opt, sched, make_cfg("torch", precision, batch, zero_stage), device)
-
-
 def throughput(mode: str, precision: str, args: argparse.Namespace, config: Any, design: Any, device: torch.device,
                batch: int, count_flops: bool, zero_stage: int = 0, legacy: bool = False) -> dict[str, Any]:
     """Train `warmup` + `steps` steps; time the last `steps` (the loop's step: forward, backward, step, loss.item)."""
@@ -320,14 +174,6 @@ def throughput(mode: str, precision: str, args: argparse.Namespace, config: Any,
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
-
-
-def add_mfu(r: dict[str, Any], peak: float | None) -> None:
-    fl = r.get("flops")
-    if not fl:
-        return
-    r["model_flops_per_s"] = fl["total"] / r["s_per_step"]
-    r["mfu"] = r["model_flops_per_s"] / peak if peak else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -399,47 +245,6 @@ def deepspeed_available() -> str | None:
         return None
 
 
-def summary_text(rep: dict[str, Any]) -> str:
-    lines = [(f"GPU check {rep['date']} on {rep['device_name']} (torch {rep['torch']}, transformers "
-              f"{rep['transformers']}, deepspeed {rep['deepspeed']}, python {rep['python']})"),
-             (f"model: {rep['model']}, design: mam preset ({rep['design']}), synthetic batches, "
-              f"{rep['args']['warmup']} warm-up + {rep['args']['steps']} timed steps"), ""]
-    lines.append("| run | batch | tokens/s | ms/step | peak GPU GiB (of which before build) | GFLOP/step (honest) | model TFLOP/s | MFU | "
-                 "engine / optimizer | params |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rep["throughput"]:
-        fl = r.get("flops", {})
-        mfu = r.get("mfu")
-        lines.append(
-            f"| {r['label']} {r['precision']} | {r['batch']}×{r['src']}/{r['tgt']} | {r['tokens_per_s']:,.0f} | "
-            f"{r['s_per_step'] * 1e3:.1f} | {r.get('peak_mem_gib', float('nan')):.1f} "
-            f"({r.get('mem_before_gib', float('nan')):.1f}) | "
-            f"{fl.get('total', float('nan')) / 1e9:,.1f} | {r.get('model_flops_per_s', float('nan')) / 1e12:.1f} | "
-            f"{'n/a' if mfu is None else f'{100 * mfu:.1f}%'} | {r['engine_class']} / {r['optimizer_class']} | "
-            f"{r['param_dtype']} |")
-    for r in rep["throughput"]:
-        if r.get("flops"):
-            fl = r["flops"]
-            lines.append(
-                f"\nGFLOP per step at batch {r['batch']}: linear fwd {fl['linear']['fwd'] / 1e9:,.2f} + act-grad "
-                f"{fl['linear']['act'] / 1e9:,.2f} + weight-grad {fl['linear']['wgrad'] / 1e9:,.2f}; attention "
-                f"fwd {fl['attention']['fwd'] / 1e9:,.2f} + act-grad {fl['attention']['act'] / 1e9:,.2f}; total "
-                f"{fl['total'] / 1e9:,.2f} (full fine-tuning of the same step: {fl['full_finetune_equivalent'] / 1e9:,.2f})")
-            break
-    for r in rep["throughput"]:
-        if r.get("flops_executed_torch_counter"):
-            lines.append(f"torch FlopCounterMode over one executed torch-autocast step at batch {r['batch']} "
-                         f"(cross-check): {r['flops_executed_torch_counter'] / 1e9:,.2f} GFLOP")
-            break
-    p = rep["parity"]
-    lines += ["", (f"parity {p['devices'][0]} vs {p['devices'][1]} fp32, {p['steps']} steps: max |loss diff| "
-                   f"{p['max_abs_diff']:.2e} ({'PASS' if p['pass'] else 'FAIL'} < 1e-3) {p['note']}"), ""]
-    lines += [f"{v}" for v in rep["verdicts"]]
-    if rep["errors"]:
-        lines += ["", "errors:"] + [f"- {e}" for e in rep["errors"]]
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny mBART, 2 steps, on CPU: do the code paths run?")
@@ -456,10 +261,6 @@ def main() -> None:
     ap.add_argument("--skip-deepspeed", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out")
     args = ap.parse_args()
-    if args.cpu_smoke:
-        args.steps, args.warmup, args.batch, args.src, args.tgt = 2, 1, 2, 16, 16
-        args.extra_batches = ""
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -471,10 +272,12 @@ def main() -> None:
     device = torch.device("cuda" if cuda else "cpu")
     name = torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()})"
     peak = peak_flops(name) if cuda else None
-    if not cuda and not args.cpu_smoke:
-        log("no CUDA device: running the CPU smoke instead")
+    if not cuda:
+        if not args.cpu_smoke:
+            log("no CUDA device: running the CPU smoke instead")
         args.cpu_smoke = True
         args.steps, args.warmup, args.batch, args.src, args.tgt, args.extra_batches = 2, 1, 2, 16, 16, ""
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
     ds_version = None if args.skip_deepspeed else deepspeed_available()
     design = get_preset("mam").design
     config = big_config(args.cpu_smoke)
@@ -527,28 +330,7 @@ def main() -> None:
         rep["parity"] = {"devices": ["cpu", "?"], "steps": 0, "max_abs_diff": float("nan"), "pass": False,
                          "note": "failed"}
 
-    main_runs = [r for r in rep["throughput"] if r["batch"] == args.batch]
-    torch_run = next((r for r in main_runs if r["mode"] == "torch"), None)
-    ds_runs = [r for r in main_runs if r["mode"] == "deepspeed"]
-    for ds in ds_runs:
-        if torch_run is None:
-            break
-        ratio = ds["tokens_per_s"] / torch_run["tokens_per_s"]
-        rep["verdicts"].append(f"{'PASS' if ratio >= TARGET_DS_RATIO else 'FAIL'}: {ds['label']} {ds['precision']} "
-                               f"≥ 1.0× plain PyTorch bf16-autocast tokens/s: {ratio:.2f}× "
-                               f"({ds['tokens_per_s']:,.0f} vs {torch_run['tokens_per_s']:,.0f})")
-    if not ds_runs or torch_run is None:
-        rep["verdicts"].append("n/a: DeepSpeed vs PyTorch (one of them did not run)")
-    for r in main_runs:
-        if r.get("mfu") is not None:
-            rep["verdicts"].append(f"{'PASS' if r['mfu'] >= TARGET_MFU else 'FAIL'}: MFU ≥ 40% ({r['label']} "
-                                   f"{r['precision']}, batch {args.batch}): {100 * r['mfu']:.1f}%")
-    if not any(r.get("mfu") is not None for r in main_runs):
-        rep["verdicts"].append("n/a: MFU (no GPU, or no peak FLOP/s known for this device)")
-    rep["verdicts"].append(f"{'PASS' if rep['parity']['pass'] else 'FAIL'}: CPU/GPU fp32 loss curves agree "
-                           f"(max |diff| {rep['parity']['max_abs_diff']:.2e} < 1e-3)")
-    if args.cpu_smoke:
-        rep["verdicts"].append("(CPU smoke: code paths only; the numbers mean nothing)")
+    add_verdicts(rep, args.batch, args.cpu_smoke)
     (out / "gpu_check.json").write_text(json.dumps(rep, indent=1, default=str))
     text = summary_text(rep)
     (out / "gpu_check.txt").write_text(text)
