@@ -160,7 +160,7 @@ def simulate(method: str, seed: int, table: dict[str, dict[str, Any]], sampler: 
         if memo and key_of(config) in finished_keys:  # deterministic training: the same config, the same result
             result = {"step": max_t, "score": row["curve"][max_t], "fraction": row["fraction"]}
             searcher.on_trial_complete(tid, result)
-            done.append({"trial": tid, "end": now, "steps": 0, "fraction": row["fraction"],
+            done.append({"trial": tid, "key": key_of(config), "end": now, "steps": 0, "fraction": row["fraction"],
                          "score": result["score"], "finished": True, "reused": True})
             if may_start(now):
                 start(now)
@@ -197,7 +197,8 @@ def simulate(method: str, seed: int, table: dict[str, dict[str, Any]], sampler: 
             finished = not failed and step >= max_t
             if finished:
                 finished_keys.add(key_of(trial.config))
-            done.append({"trial": tid, "end": now, "steps": step, "fraction": row["fraction"],
+            done.append({"trial": tid, "key": key_of(trial.config), "end": now, "steps": step,
+                         "fraction": row["fraction"],
                          "score": result.get("score") if finished else math.nan, "finished": finished})
             if may_start(now):
                 start(now)
@@ -235,12 +236,14 @@ def replay(args: argparse.Namespace) -> int:
           f"workers, grace {args.grace}, eta {args.eta:g}, bands/decade {args.bands}"
           f"{', ORACLE rungs' if args.oracle else ''}", flush=True)
     per: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
+    duplicates: list[int] = []
     for seed in range(args.seed0, args.seed0 + args.seeds):
         base = simulate("none", seed, table, sampler, workers=args.workers, max_t=max_t, n_trials=args.n,
                         memo=args.memo)
         t_none = max(d["end"] for d in base)
         curve_none = hv_by_time(base)
         hv_none = curve_none[1][-1]
+        duplicates.append(len(base) - len({d["key"] for d in base}))  # configs none trained more than once
         line = [f"seed {seed}: none HV {hv_none:.4f} @ {t_none * args.workers:.0f} steps"]
         for m in methods:
             done = base if m == "none" else simulate(m, seed, table, sampler, workers=args.workers, max_t=max_t,
@@ -274,6 +277,7 @@ def replay(args: argparse.Namespace) -> int:
               f"{wins} | {med:.2f} x | {mean('trials'):.1f} | {mean('full'):.1f} | {mean('low_full'):.2f} | "
               f"{sum(r['low_full'] > 0 for r in recs)} |")
     print(f"\nnone's HV at its full compute (mean over seeds): {statistics.fmean(r['hv_none'] for r in per[methods[0]]):.4f}")
+    print(f"repeated configs among none's {args.n} trials, per seed: {duplicates}")
     if args.json:
         Path(args.json).write_text(json.dumps(per, indent=1))
     return 0

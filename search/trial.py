@@ -6,7 +6,7 @@ With `workers_per_trial > 1` the trainable is the driver of a Ray Train `TorchTr
 loop under DeepSpeed (Ray Train V2's pattern: a Tune function that launches the trainer).
 
 Training is seeded and its batches are step-addressed, so a config that already reached full fidelity in this search
-would give the same result again: TPE suggests such duplicates often in categorical spaces (11-18 of 30 trials in
+would give the same result again: TPE suggests such duplicates often in categorical spaces (7-15 of 30 trials in
 benchmarks/results_search.md). `ResultMemo` answers them from the first run's final result instead of training.
 """
 
