@@ -18,7 +18,10 @@ def _init_ray(address: str | None, num_cpus: float | None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        # address="local": always a private instance. Without it ray.init joins any cluster a `ray start` left on
+        # this machine (someone else's work, which may die under us).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False)
 
 
 def fit(plan: Any, args: argparse.Namespace, searcher: Any, callback: Any) -> None:
