@@ -34,7 +34,7 @@ def test_real_task_fields(name: str) -> None:
     assert (task.kind, task.hub_dataset, task.metric, task.model, task.family) == (
         want["kind"], want["hub"], want["metric"], want["model"], want["family"])
     assert (task.columns.inputs, task.columns.target) == (want["inputs"], want["target"])
-    assert task.train.eval_cap == 1600 and task.train.schedule == "linear"
+    assert task.train.eval_cap == 1600 and task.train.schedule == "polynomial"  # HF polynomial, power 1
 
 
 def test_paper_numbers() -> None:
@@ -214,7 +214,7 @@ def test_toy_cls_deterministic_balanced_and_follows_rule() -> None:
 def test_toy_s2s_deterministic_and_mapping() -> None:
     task = get_task("toy-s2s")
     got = D.load_examples(task, "validation", seed=0)
-    assert got == D.load_examples(task, "validation", seed=0) and len(got) == D.TOY_SIZES["validation"]
+    assert got == D.load_examples(task, "validation", seed=0) and len(got) == dict(task.sizes)["validation"] == 256
     for e in got:
         assert e["target"].split() == [D.DIGIT_WORDS[int(d)] for d in e["source"].split()]
     with pytest.raises(ValueError, match=r"generated task 'toy-s2s' has no split 'dev'; expected one of \['train'"):
@@ -296,13 +296,6 @@ def test_encode_classification_pairs_and_mix_error() -> None:
     with pytest.raises(ValueError, match=r"all have a text_pair or all have none, got a mix"):
         D.encode_classification([{"text": "a", "text_pair": "b", "label": 0},
                                  {"text": "a", "text_pair": None, "label": 0}], tok, max_length=32)
-
-
-def test_token_batches() -> None:
-    assert D.token_batches([5, 1, 3, 2], max_tokens=6) == [[1, 3], [2], [0]]
-    assert D.token_batches([1] * 5, max_tokens=4, multiple=2) == [[0, 1, 2, 3], [4]]
-    with pytest.raises(ValueError, match=r"every example must fit max_tokens=4, got length 9 at index 1"):
-        D.token_batches([1, 9], max_tokens=4)
 
 
 def test_minilm_tokenizer_offline(monkeypatch: pytest.MonkeyPatch) -> None:

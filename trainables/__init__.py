@@ -16,6 +16,7 @@ _EXPORTS = {
     "LayerNormPos": "trainables.design",
     "ParamCounts": "trainables.counting",
     "Representation": "trainables.design",
+    "RunConfig": "trainables.runconfig",
     "SiteSpec": "trainables.design",
     "TrainConfig": "trainables.config",
     "TrialFailure": "trainables.report",
@@ -25,6 +26,7 @@ _EXPORTS = {
     "inject": "trainables.inject",
     "load_presets": "trainables.presets",
     "load_trained": "trainables.checkpoint",
+    "resolve_run": "trainables.runconfig",
     "train": "trainables.loop",
 }
 __all__ = sorted(_EXPORTS)

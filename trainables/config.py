@@ -1,20 +1,25 @@
-"""The run configuration of one trial: what to train on and how, separate from the design point being trained.
+"""The training settings of one trial: what to train on and how, separate from the design point being trained.
 
-Defaults come from the task's recipe (the paper's, `trainables.tasks`); a search or the command line overrides any
-field by name, checked against this dataclass so a typo is an error, not a silently ignored setting.
+A `TrainConfig` is never assembled by hand from defaults: `trainables.runconfig.resolve_run` builds it once per
+search (or single trial) from the task's recipe, the space's fixed `train:` values and `--set`, in that order, and
+each trial gets it with its sampled settings applied (`RunConfig.trial_config`). Fields a recipe sets have no
+default here, so the recipe is their only source; the defaults below are for settings no recipe has an opinion on.
+Every field is checked by the rule in `RULES`, the same check a space's sampled range passes (`check_setting`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.tasks import Task, get_task
+from trainables.tasks import get_task
 
 ENGINES = ("auto", "torch", "deepspeed")
 PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULES = ("polynomial", "linear", "cosine", "constant")  # transformers.get_scheduler names; see loop.lr_schedule
+SELECT_MODES = ("max", "min")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,24 +27,35 @@ class TrainConfig:
     task: str
     model: str | None = None  # checkpoint path or hub name; None: the task's own (a tiny config for toy tasks)
     data_dir: str | None = None  # local files in the task's format instead of the hub
-    max_steps: int = 1000  # optimizer steps: the trial's fidelity unit (ASHA's time attribute)
-    eval_every: int = 200  # optimizer steps between evaluations
-    eval_cap: int | None = 1600  # evaluate on the first N dev examples (the official code's 1,600)
+    # From the recipe (no defaults): length, evaluation and selection
+    max_steps: int  # optimizer steps: the trial's fidelity unit (ASHA's time attribute)
+    eval_every: int  # optimizer steps between evaluations
+    eval_cap: int | None  # evaluate on the first N dev examples (the official code's 1,600)
+    select_metric: str  # "loss" (eval loss) or a score of the task's metric: picks the checkpoint that counts
+    select_mode: str  # "max" | "min"
+    # batches: by sentences (batch_size) or by padded tokens (max_tokens, batch_size then caps the rows)
+    batch_size: int | None
+    max_tokens: int | None
+    batch_multiple: int
+    grad_accum: int
+    # optimizer and schedule
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    warmup_ratio: float
+    schedule: str
+    lr_end: float
+    label_smoothing: float
+    max_grad_norm: float
+    dropout: float | None  # None: the checkpoint config's value
+    attention_dropout: float | None
+    max_length: int  # source tokens (classification: the whole input)
+    max_target_length: int | None
+    seed: int
+    # Settings no recipe sets
     train_limit: int | None = None  # read at most N training examples (cheap fidelities)
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    lr_end: float = 1e-7
-    label_smoothing: float = 0.0
-    max_grad_norm: float = 1.0
-    max_length: int = 128  # source tokens (classification: the whole input)
-    max_target_length: int = 128
     num_beams: int | None = None  # None: the task's; lower it for cheap evaluations
-    seed: int = 42
     engine: str = "auto"  # auto: DeepSpeed on GPU, plain PyTorch on CPU
     zero_stage: int = 0
     precision: str = "fp32"
@@ -48,40 +64,26 @@ class TrainConfig:
     keep_resume_state: bool = False  # keep optimizer state after a finished trial (it is large with prefix MLPs)
 
     def __post_init__(self) -> None:
-        get_task(self.task)
-        checks = [
-            (self.max_steps >= 1, "max_steps must be >= 1", self.max_steps),
-            (self.eval_every >= 1, "eval_every must be >= 1", self.eval_every),
-            (self.batch_size >= 1, "batch_size must be >= 1", self.batch_size),
-            (self.grad_accum >= 1, "grad_accum must be >= 1", self.grad_accum),
-            (self.lr > 0, "lr must be > 0", self.lr),
-            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)", self.warmup_ratio),
-            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)", self.label_smoothing),
-            (self.engine in ENGINES, f"engine must be one of {list(ENGINES)}", self.engine),
-            (self.precision in PRECISIONS, f"precision must be one of {list(PRECISIONS)}", self.precision),
-            (self.zero_stage in (0, 1, 2, 3), "zero_stage must be 0, 1, 2 or 3", self.zero_stage),
-        ]
-        for ok, rule, value in checks:
-            if not ok:
-                raise ValueError(f"{rule}, got {value!r}")
+        task = get_task(self.task)
+        for f in dataclasses.fields(self):
+            check_setting(f.name, getattr(self, f.name))
+        if self.batch_size is None and self.max_tokens is None:
+            raise ValueError("batches need batch_size (sentences) or max_tokens (padded tokens), got neither; "
+                             "set one, e.g. --set batch_size=32")
+        scores = select_metrics(task.metric)
+        if self.select_metric not in scores:
+            raise ValueError(f"select_metric must be one of {list(scores)} for task {task.name!r}, got "
+                             f"{self.select_metric!r}")
 
     @classmethod
     def for_task(cls, task_name: str, **overrides: Any) -> TrainConfig:
-        """The task's recipe (optimizer, smoothing, clipping, lengths) with `overrides` on top."""
-        task = get_task(task_name)
-        t = task.train
-        base: dict[str, Any] = dict(
-            task=task.name, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay,
-            warmup_ratio=t.warmup_ratio, lr_end=t.lr_end, label_smoothing=t.label_smoothing,
-            max_grad_norm=t.max_grad_norm, grad_accum=t.grad_accum, batch_size=t.batch_size or 32,
-            eval_cap=t.eval_cap, seed=t.seed, max_length=min(task.max_source_length, 512),
-            max_target_length=task.max_target_length or 128,
-        )
-        if t.max_steps:
-            base["max_steps"] = t.max_steps
-        if t.eval_unit == "step":
-            base["eval_every"] = t.eval_every
-        return cls.from_mapping({**base, **overrides})
+        """The task's recipe with `overrides` on top (`model`, `data_dir`, `out_dir` included): one resolution."""
+        from trainables.runconfig import resolve_run
+
+        run_keys = {k: overrides.pop(k) for k in ("model", "data_dir", "out_dir") if k in overrides}
+        run = resolve_run(task_name, model=run_keys.get("model"), data_dir=run_keys.get("data_dir"),
+                          overrides=overrides)
+        return run.trial_config({}, run_keys.get("out_dir"))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> TrainConfig:
@@ -89,14 +91,79 @@ class TrainConfig:
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ValueError(f"unknown training setting(s) {unknown}; expected some of {sorted(fields)}")
-        return cls(**{k: _coerce(fields[k].type, v, k) for k, v in values.items()})
+        return cls(**{k: coerce(fields[k].type, v, k) for k, v in values.items()})
 
-    def resolved_task(self) -> Task:
+    def resolved_task(self) -> Any:
         return get_task(self.task)
 
     def to_params(self) -> dict[str, Any]:
         """Flat `train.*` keys for MLflow."""
         return {f"train.{k}": v for k, v in dataclasses.asdict(self).items()}
+
+
+def _positive(v: Any) -> bool:
+    return v >= 1
+
+
+def _fraction(v: Any) -> bool:
+    return 0 <= v < 1
+
+
+# setting -> (holds for a valid value, the rule in words). None passes wherever the field allows None.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "max_steps": (_positive, "must be >= 1"),
+    "eval_every": (_positive, "must be >= 1"),
+    "eval_cap": (_positive, "must be >= 1 (or empty for the whole dev set)"),
+    "train_limit": (_positive, "must be >= 1 (or empty for the whole training set)"),
+    "batch_size": (_positive, "must be >= 1"),
+    "max_tokens": (_positive, "must be >= 1"),
+    "batch_multiple": (_positive, "must be >= 1"),
+    "grad_accum": (_positive, "must be >= 1"),
+    "max_length": (_positive, "must be >= 1"),
+    "max_target_length": (_positive, "must be >= 1"),
+    "num_beams": (_positive, "must be >= 1"),
+    "lr": (lambda v: v > 0, "must be > 0"),
+    "lr_end": (lambda v: v >= 0, "must be >= 0"),
+    "eps": (lambda v: v > 0, "must be > 0"),
+    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "max_grad_norm": (lambda v: v >= 0, "must be >= 0 (0: no clipping)"),
+    "divergence_factor": (lambda v: v > 1, "must be > 1"),
+    "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
+    "warmup_ratio": (_fraction, "must be in [0, 1)"),
+    "label_smoothing": (_fraction, "must be in [0, 1)"),
+    "dropout": (_fraction, "must be in [0, 1)"),
+    "attention_dropout": (_fraction, "must be in [0, 1)"),
+    "schedule": (lambda v: v in SCHEDULES, f"must be one of {list(SCHEDULES)}"),
+    "select_mode": (lambda v: v in SELECT_MODES, f"must be one of {list(SELECT_MODES)}"),
+    "engine": (lambda v: v in ENGINES, f"must be one of {list(ENGINES)}"),
+    "precision": (lambda v: v in PRECISIONS, f"must be one of {list(PRECISIONS)}"),
+    "zero_stage": (lambda v: v in (0, 1, 2, 3), "must be 0, 1, 2 or 3"),
+}
+
+
+def check_setting(name: str, value: Any) -> None:
+    """Raise ValueError("<name> <rule>, got <value>") when `value` breaks the setting's rule."""
+    rule = RULES.get(name)
+    if rule is not None and value is not None and not rule[0](value):
+        raise ValueError(f"{name} {rule[1]}, got {value!r}")
+
+
+def select_metrics(metric_name: str) -> tuple[str, ...]:
+    """What a checkpoint can be selected on: the eval loss, or one of the scores the task's metric returns."""
+    from trainables.metrics import get_metric
+
+    return ("loss", *get_metric(metric_name).scores)
+
+
+def field_kinds() -> dict[str, tuple[str, bool]]:
+    """TrainConfig field -> (int | float | bool | str | pair, whether it may be empty): for spaces and `--set`."""
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        t = str(f.type)
+        kind = ("pair" if t.startswith("tuple") else "int" if t.startswith("int") else "float"
+                if t.startswith("float") else "bool" if t == "bool" else "str")
+        out[f.name] = (kind, "None" in t)
+    return out
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -112,7 +179,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _coerce(type_name: Any, value: Any, key: str) -> Any:
+def coerce(type_name: Any, value: Any, key: str) -> Any:
     kind = str(type_name)
     if value is None:
         if "None" not in kind:
@@ -126,10 +193,12 @@ def _coerce(type_name: Any, value: Any, key: str) -> Any:
                 raise ValueError
             return value
         if kind.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
         if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
             return float(value)
         if kind.startswith("tuple"):
             return tuple(float(v) for v in value)

@@ -52,7 +52,6 @@ TOY_FILLER = ("the", "a", "movie", "film", "plot", "actor", "scene", "it",
               "is", "was", "and", "very", "this", "story", "music", "end")
 # toy-s2s: a sequence of digits maps to the same sequence spelled out ("4 0 7" -> "four zero seven").
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-TOY_SIZES = {"train": 2048, "validation": 256, "test": 256}
 
 # GLUE's original MNLI TSV header -> the hub column names.
 _COLUMN_ALIASES = {"sentence1": "premise", "sentence2": "hypothesis", "gold_label": "label"}
@@ -70,7 +69,7 @@ def load_examples(
     if task.generated:
         return _generate(task, split, seed, limit)
     if data_dir is not None:
-        path = _find_file(task, split, Path(data_dir))
+        path = local_file(task, split, data_dir)
         examples = []
         for where, row in _read_rows(path):
             examples.append(_normalise(task, row, where))
@@ -87,7 +86,9 @@ def load_examples(
     return examples
 
 
-def _find_file(task: Task, split: str, data_dir: Path) -> Path:
+def local_file(task: Task, split: str, data_dir: str | Path) -> Path:
+    """The file `split` is read from under `data_dir`: the first of `Task.local_names` that exists."""
+    data_dir = Path(data_dir)
     names = task.local_names(split)
     for name in names:
         if (data_dir / name).is_file():
@@ -190,9 +191,10 @@ def _load_hub(task: Task, split: str, limit: int | None) -> tuple[list[Example],
 
 
 def _generate(task: Task, split: str, seed: int, limit: int | None) -> list[Example]:
-    if split not in TOY_SIZES:
-        raise ValueError(f"generated task {task.name!r} has no split {split!r}; expected one of {list(TOY_SIZES)}")
-    n = min(TOY_SIZES[split], limit or TOY_SIZES[split])
+    sizes = dict(task.sizes)
+    if split not in sizes:
+        raise ValueError(f"generated task {task.name!r} has no split {split!r}; expected one of {list(sizes)}")
+    n = min(sizes[split], limit or sizes[split])
     rng = random.Random(f"{task.name}/{split}/{seed}")  # str seeds are stable across processes
     return _toy_cls(rng, n) if task.kind == "classification" else _toy_s2s(rng, n)
 
@@ -250,12 +252,15 @@ def word_tokenizer(words: Sequence[str], model_max_length: int = 512) -> PreTrai
     )
 
 
-def load_tokenizer(task: Task, path: str | None = None) -> PreTrainedTokenizerBase:
-    """The task's tokenizer: the toy one for generated tasks, else the checkpoint's (``path`` overrides)."""
+def load_tokenizer(task: Task, path: str | None = None, local_only: bool = False) -> PreTrainedTokenizerBase:
+    """The task's tokenizer: the toy one for generated tasks, else the checkpoint's (``path`` overrides).
+
+    ``local_only`` never downloads (a plan's cost estimate): OSError when the tokenizer is not on this machine.
+    """
     if task.generated and path is None:
         return toy_tokenizer(task)
     langs = {k: v for k, v in (("src_lang", task.src_lang), ("tgt_lang", task.tgt_lang)) if v}
-    return AutoTokenizer.from_pretrained(path or task.model, **langs)
+    return AutoTokenizer.from_pretrained(path or task.model, local_files_only=local_only, **langs)
 
 
 def encode_classification(
@@ -336,31 +341,3 @@ def collate_seq2seq(batch: Sequence[Example], pad_id: int) -> dict[str, Any]:
     if "reference" in batch[0]:
         out["references"] = [b["reference"] for b in batch]
     return out
-
-
-def token_batches(lengths: Sequence[int], max_tokens: int, multiple: int = 1) -> list[list[int]]:
-    """Group example indices, sorted by length, so that ``len(batch) * longest <= max_tokens``.
-
-    The en-ro recipe batches by tokens (fairseq ``batch_by_size``, spec §4: 4096 tokens, where an
-    example's length is max(source, target)); ``multiple`` rounds batch sizes down to a multiple when it can.
-    """
-    if max_tokens < 1 or multiple < 1:
-        raise ValueError(f"max_tokens and multiple must be >= 1, got {max_tokens} and {multiple}")
-    too_long = [i for i, n in enumerate(lengths) if n > max_tokens]
-    if too_long:
-        raise ValueError(
-            f"every example must fit max_tokens={max_tokens}, got length {lengths[too_long[0]]} at index "
-            f"{too_long[0]}; truncate (max_source_length) or raise max_tokens"
-        )
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        while current and (len(current) + 1) * lengths[i] > max_tokens:
-            keep = len(current) // multiple * multiple or len(current)
-            batches.append(current[:keep])
-            current = current[keep:]
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches

@@ -11,11 +11,12 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rouge_score.rouge_scorer import RougeScorer
-from sacrebleu.metrics import BLEU
-from sacremoses import MosesPunctNormalizer, MosesTokenizer
+if TYPE_CHECKING:  # imported where used: rouge-score pulls in nltk and scipy (~7 s), needless for a plan or GLUE
+    from rouge_score.rouge_scorer import RougeScorer
+    from sacrebleu.metrics import BLEU
+    from sacremoses import MosesPunctNormalizer, MosesTokenizer
 
 BLEU_NAME = "bleu"
 BLEU_RO_NAME = "bleu_ro"
@@ -40,6 +41,8 @@ def _check_pair(metric: str, predictions: Sequence[Any], references: Sequence[An
 
 @cache
 def _bleu_scorer(tokenize: str | None, smooth_method: str) -> BLEU:
+    from sacrebleu.metrics import BLEU
+
     return BLEU(tokenize=tokenize, smooth_method=smooth_method)
 
 
@@ -52,6 +55,8 @@ def bleu(hypotheses: list[str], references: list[str]) -> float:
 @lru_cache(maxsize=1)
 def _moses_ro() -> tuple[MosesPunctNormalizer, MosesTokenizer]:
     """Built once per process: the Moses objects compile hundreds of regexes."""
+    from sacremoses import MosesPunctNormalizer, MosesTokenizer
+
     normalizer = MosesPunctNormalizer(lang="ro", pre_replace_unicode_punct=True, post_remove_control_chars=True)
     return normalizer, MosesTokenizer(lang="ro")
 
@@ -108,6 +113,8 @@ def split_sentences(text: str) -> list[str]:
 
 @lru_cache(maxsize=1)
 def _rouge_scorer() -> RougeScorer:
+    from rouge_score.rouge_scorer import RougeScorer
+
     return RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
 
 
@@ -142,11 +149,12 @@ def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
 
 @dataclass(frozen=True)
 class Metric:
-    """A named metric: `fn(predictions, references)` returns named scores; `primary` is the task score."""
+    """A named metric: `fn(predictions, references)` returns the named `scores`; `primary` is the task score."""
 
     name: str
     fn: Callable[[Sequence[Any], Sequence[Any]], dict[str, float]]
     primary: str
+    scores: tuple[str, ...]  # the keys `fn` returns (a recipe may select checkpoints on any of them)
     higher_is_better: bool = True
 
     def __call__(self, predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
@@ -154,11 +162,13 @@ class Metric:
 
 
 METRICS: dict[str, Metric] = {
-    BLEU_NAME: Metric(BLEU_NAME, lambda p, r: {"bleu": bleu(list(p), list(r))}, primary="bleu"),
-    BLEU_RO_NAME: Metric(BLEU_RO_NAME, lambda p, r: {"bleu_ro": bleu_ro(list(p), list(r))}, primary="bleu_ro"),
+    BLEU_NAME: Metric(BLEU_NAME, lambda p, r: {"bleu": bleu(list(p), list(r))}, primary="bleu", scores=("bleu",)),
+    BLEU_RO_NAME: Metric(BLEU_RO_NAME, lambda p, r: {"bleu_ro": bleu_ro(list(p), list(r))}, primary="bleu_ro",
+                         scores=("bleu_ro",)),
     # The paper selects XSum checkpoints on ROUGE-2.
-    ROUGE_NAME: Metric(ROUGE_NAME, lambda p, r: rouge(list(p), list(r)), primary="rouge2"),
-    ACCURACY_NAME: Metric(ACCURACY_NAME, lambda p, r: {"accuracy": accuracy(p, r)}, primary="accuracy"),
+    ROUGE_NAME: Metric(ROUGE_NAME, lambda p, r: rouge(list(p), list(r)), primary="rouge2", scores=ROUGE_KEYS),
+    ACCURACY_NAME: Metric(ACCURACY_NAME, lambda p, r: {"accuracy": accuracy(p, r)}, primary="accuracy",
+                          scores=("accuracy",)),
 }
 
 

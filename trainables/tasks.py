@@ -10,7 +10,7 @@ built from config, so tests and the offline demo need no hub access.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from transformers import BartConfig, PretrainedConfig, RobertaConfig
@@ -72,8 +72,13 @@ class Generation:
 
 
 @dataclass(frozen=True)
-class TrainDefaults:
-    """The paper's training recipe for a task; a run config may override any field."""
+class Recipe:
+    """The paper's training recipe for a task: the first layer of every run's settings (`trainables.runconfig`).
+
+    Every field reaches the run: a space's fixed `train:` values and `--set` override any of them by name. Training
+    length is `max_steps` or `epochs` (exactly one), the evaluation interval `eval_every` steps or epochs
+    (`eval_unit`); epochs become optimizer steps from the training set's size when a run is resolved.
+    """
 
     lr: float
     betas: tuple[float, float]
@@ -86,18 +91,32 @@ class TrainDefaults:
     max_grad_norm: float
     eval_every: int  # in ``eval_unit``s
     eval_unit: Literal["step", "epoch"]
-    select_metric: str  # checkpoint selection metric on the eval subset
+    select_metric: str  # the checkpoint that counts: "loss" (eval loss) or one of the task metric's scores
     select_mode: Literal["max", "min"]
     max_steps: int | None = None
     epochs: int | None = None
-    max_tokens: int | None = None  # token-based batching (fairseq ``batch_by_size``)
-    schedule: str = "linear"  # HF "polynomial" with power 1 == linear decay to lr_end
+    max_tokens: int | None = None  # token-based batching (fairseq ``batch_by_size``): padded tokens per micro-batch
+    batch_multiple: int = 1  # token batches hold a multiple of this many sentences when they can (fairseq)
+    schedule: str = "polynomial"  # HF "polynomial" with power 1: linear decay to lr_end
     lr_end: float = 1e-7  # HF get_polynomial_decay_schedule_with_warmup default
     eval_cap: int | None = 1600  # model selection runs on the first 1,600 dev examples
     dropout: float | None = None  # None: keep the checkpoint config's value
     attention_dropout: float | None = None
     seed: int = 42
     notes: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError(f"a recipe gives its length as max_steps or epochs (exactly one), got max_steps="
+                             f"{self.max_steps}, epochs={self.epochs}")
+
+    def settings(self) -> dict[str, object]:
+        """The recipe as run settings: every field but the notes, the length and interval under their own names."""
+        skip = ("notes", "eval_unit", "eval_every", "max_steps", "epochs")
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        out.update({"max_steps": self.max_steps} if self.max_steps is not None else {"epochs": self.epochs})
+        out["eval_every" if self.eval_unit == "step" else "eval_epochs"] = self.eval_every
+        return out
 
 
 @dataclass(frozen=True)
@@ -141,7 +160,9 @@ class Task:
     model: str  # hub checkpoint, or "tiny-<family>" for generated tasks
     family: str  # HF model_type of the checkpoint
     metric: str  # name understood by trainables.metrics
-    train: TrainDefaults
+    train: Recipe
+    sizes: tuple[tuple[str, int], ...]  # split -> rows of the hub dataset (generated tasks: rows generated)
+    sizes_source: str  # where the sizes come from: epochs become steps from them when no local files are given
     max_source_length: int
     max_target_length: int | None = None  # seq2seq only
     num_labels: int | None = None  # classification only
@@ -168,8 +189,19 @@ class Task:
         generic = tuple(n for n in (f"{split}.jsonl", f"{split}.tsv") if n not in own)
         return own + generic
 
+    def size(self, split: str) -> int:
+        """Rows of ``split`` in the hub dataset (or generated), from ``sizes``; a role maps to its hub split name."""
+        known = dict(self.sizes)
+        name = split if split in known else self.splits.hub_name(split)
+        if name not in known:
+            raise ValueError(f"task {self.name!r} records no size for split {split!r} (known: {sorted(known)}); "
+                             "pass --data-dir with local files, whose rows are counted")
+        return known[name]
 
-_GLUE_TRAIN = TrainDefaults(
+
+_TOY_SIZES = (("train", 2048), ("validation", 256), ("test", 256))
+
+_GLUE_TRAIN = Recipe(
     lr=1e-4,  # spec §4 lr/schedule, MNLI/SST-2
     betas=(0.9, 0.98), eps=1e-6,  # spec §4 optimiser, MNLI/SST-2
     weight_decay=0.1,  # spec §4 ls/wd/clip: 0 / 0.1 / 1.0
@@ -187,6 +219,8 @@ _REGISTRY: tuple[Task, ...] = (
         name="en-ro", kind="seq2seq", aliases=("wmt16-en-ro",),
         hub_dataset=("wmt16", "ro-en"),  # spec §4 data: HF wmt16 ro-en 610,320/1,999/1,999
         splits=Splits(),
+        sizes=(("train", 610_320), ("validation", 1_999), ("test", 1_999)),
+        sizes_source="seed_spec §4 (HF wmt16 ro-en)",
         columns=Columns(inputs=("en",), target="ro", nested="translation"),
         model="facebook/mbart-large-cc25", family="mbart",  # spec §4 checkpoint
         src_lang="en_XX", tgt_lang="ro_RO",  # spec §4 checkpoint: src en_XX, tgt ro_RO
@@ -194,10 +228,11 @@ _REGISTRY: tuple[Task, ...] = (
         max_source_length=150, max_target_length=150,  # spec §4 max lengths: src 150, tgt 150
         # spec §4 decoding: beam 5, min 1, max 200 in config; the release's final predict passes 150 (spec §6 defect)
         generation=Generation(num_beams=5, max_length=200, min_length=1, no_repeat_ngram_size=0, length_penalty=1.0),
-        train=TrainDefaults(
+        train=Recipe(
             lr=5e-5, betas=(0.9, 0.98), eps=1e-6,  # spec §4 optimiser / lr: AdamW (0.9,0.98) eps 1e-6, 5e-5
             weight_decay=0.01, warmup_ratio=0.0,  # spec §4 ls/wd/clip 0.1/0.01/1.0; warmup 0
-            batch_size=None, max_tokens=4096, grad_accum=4,  # spec §4 batch: 4096 tokens x 4
+            # spec §4 batch: 4096 tokens x 4 (fairseq batch_by_size, tokens = max(src, tgt), batch multiple 64)
+            batch_size=None, max_tokens=4096, batch_multiple=64, grad_accum=4,
             max_steps=50_000,  # spec §4 length of training
             label_smoothing=0.1, max_grad_norm=1.0,
             eval_every=5000, eval_unit="step",  # spec §4 model selection: every 5000 steps on first 1600 val
@@ -215,13 +250,15 @@ _REGISTRY: tuple[Task, ...] = (
         name="xsum", kind="seq2seq",
         hub_dataset=("xsum",),  # spec §4 data: HF xsum 204,045/11,332/11,334
         splits=Splits(),
+        sizes=(("train", 204_045), ("validation", 11_332), ("test", 11_334)),
+        sizes_source="seed_spec §4 (HF xsum)",
         columns=Columns(inputs=("document",), target="summary"),
         model="facebook/bart-large", family="bart",  # spec §4 checkpoint
         metric="rouge",  # spec §4 test metric: rouge_score with stemmer, F1 x100
         max_source_length=512, max_target_length=128,  # spec §4 max lengths: src 512, tgt 128
         # spec §4 decoding: beam 6, max 60, min 10, no_repeat_ngram 3, length_penalty 1.0
         generation=Generation(num_beams=6, max_length=60, min_length=10, no_repeat_ngram_size=3, length_penalty=1.0),
-        train=TrainDefaults(
+        train=Recipe(
             lr=5e-5, betas=(0.9, 0.999), eps=1e-8,  # spec §4 optimiser: HF defaults; lr 5e-5
             weight_decay=0.01, warmup_ratio=0.0,  # spec §4 ls/wd/clip 0.1/0.01/0.1; warmup 0
             batch_size=16, grad_accum=4,  # spec §4 batch: 16 x grad-accum 4
@@ -242,6 +279,8 @@ _REGISTRY: tuple[Task, ...] = (
         hub_dataset=("glue", "mnli"),  # spec §4 data: HF glue
         # spec §4: dev = validation_matched (9,815); MNLI-mm is evaluated on the full mismatched set
         splits=Splits(validation="validation_matched", test=None, extra=("validation_mismatched",)),
+        sizes=(("train", 392_702), ("validation_matched", 9_815), ("validation_mismatched", 9_832)),
+        sizes_source="HF dataset card nyu-mll/glue, config mnli (dev 9,815 also in seed_spec §4)",
         columns=Columns(inputs=("premise", "hypothesis"), target="label"),
         model="roberta-base", family="roberta",  # spec §4 checkpoint
         metric="accuracy",  # spec §4 test metric
@@ -259,6 +298,8 @@ _REGISTRY: tuple[Task, ...] = (
         name="sst2", kind="classification", aliases=("sst-2",),
         hub_dataset=("glue", "sst2"),  # spec §4 data: HF glue; dev = validation (872)
         splits=Splits(test=None),
+        sizes=(("train", 67_349), ("validation", 872), ("test", 1_821)),
+        sizes_source="HF dataset card nyu-mll/glue, config sst2 (dev 872 also in seed_spec §4)",
         columns=Columns(inputs=("sentence",), target="label"),
         model="roberta-base", family="roberta",  # spec §4 checkpoint
         metric="accuracy",
@@ -269,14 +310,14 @@ _REGISTRY: tuple[Task, ...] = (
     ),
     Task(
         name="toy-cls", kind="classification",
-        hub_dataset=(), splits=Splits(),
+        hub_dataset=(), splits=Splits(), sizes=_TOY_SIZES, sizes_source="generated (trainables.data)",
         columns=Columns(inputs=("text",), target="label"),
         model="tiny-roberta", family="roberta", tiny=TinyModel(family="roberta"),
         metric="accuracy",
         num_labels=2, label_names=("negative", "positive"),
         max_source_length=32,
         # Demo settings, not from the paper: a random-init tiny model needs a high lr and few steps.
-        train=TrainDefaults(
+        train=Recipe(
             lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, warmup_ratio=0.0, batch_size=32,
             grad_accum=1, max_steps=200, label_smoothing=0.0, max_grad_norm=1.0, eval_every=50,
             eval_unit="step", select_metric="accuracy", select_mode="max", eval_cap=256, seed=0,
@@ -284,14 +325,14 @@ _REGISTRY: tuple[Task, ...] = (
     ),
     Task(
         name="toy-s2s", kind="seq2seq",
-        hub_dataset=(), splits=Splits(),
+        hub_dataset=(), splits=Splits(), sizes=_TOY_SIZES, sizes_source="generated (trainables.data)",
         columns=Columns(inputs=("source",), target="target"),
         # d=64: at d=32 the decoder needs ~350 steps to learn the source alignment; at 64 about 125.
         model="tiny-bart", family="bart", tiny=TinyModel(family="bart", d_model=64, ffn_dim=128),
         metric="bleu",  # plain sacreBLEU: toy-s2s stands in for en-ro without Romanian post-processing
         max_source_length=16, max_target_length=16,
         generation=Generation(num_beams=1, max_length=16, min_length=1),
-        train=TrainDefaults(
+        train=Recipe(
             lr=3e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, warmup_ratio=0.0, batch_size=32,
             grad_accum=1, max_steps=200, label_smoothing=0.0, max_grad_norm=1.0, eval_every=50,
             eval_unit="step", select_metric="loss", select_mode="min", eval_cap=256, seed=0,
