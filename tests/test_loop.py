@@ -101,7 +101,7 @@ def test_resume_continues_at_the_right_step_and_matches_an_uninterrupted_run(tmp
 
     kwargs = dict(max_steps=10, eval_every=5, lr=1e-2, **FAST)
     design = get_preset("mam_glue").design
-    full = train(design, TrainConfig.for_task("toy-cls", **kwargs))
+    full = train(design, TrainConfig.for_task("toy-cls", out_dir=str(tmp_path / "full"), **kwargs))
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         train(design, TrainConfig.for_task("toy-cls", out_dir=str(out), **kwargs), StopAfterFirst())
@@ -110,7 +110,9 @@ def test_resume_continues_at_the_right_step_and_matches_an_uninterrupted_run(tmp
     resumed = train(design, TrainConfig.for_task("toy-cls", out_dir=str(out), **kwargs), rep)
     assert [r["step"] for r in rep.reports] == [10]
     assert rep.reports[0]["score"] == full.score
-    ids = torch.randint(5, 30, (3, 9))  # the resumed model is saved folded; compare what it computes
+    # The selection made before the interruption survives it: same checkpoint, same score, same weights kept.
+    assert (resumed.selected_step, resumed.selected_score) == (full.selected_step, full.selected_score)
+    ids = torch.randint(5, 30, (3, 9))  # both models are the selected checkpoint, saved folded; compare outputs
     torch.testing.assert_close(resumed.model.eval()(input_ids=ids).logits, full.model.eval()(input_ids=ids).logits,
                                atol=1e-5, rtol=1e-5)
 

@@ -2,13 +2,16 @@
 
 A trial folder holds
     design.json           the design point (nested form) and the task/model it was trained for
-    petl.safetensors      the trained parameters by name (prefix MLPs folded away: what inference needs)
+    petl.safetensors      the trained parameters by name (prefix MLPs folded away: what inference needs), of the
+                          checkpoint selected by the run's select_metric / select_mode (`trainables.selection`)
+    selected.safetensors  while training: the selected checkpoint so far, unfolded
     resume/               while training: unfolded parameters, optimizer, scheduler and RNG state, step
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -22,7 +25,8 @@ from torch import nn
 from trainables.design import DesignPoint
 from trainables.inject import Injection, fold_prefixes, inject
 
-DESIGN_FILE, WEIGHTS_FILE, RESUME_DIR = "design.json", "petl.safetensors", "resume"
+DESIGN_FILE, WEIGHTS_FILE, RESUME_DIR, SELECTED_FILE = "design.json", "petl.safetensors", "resume", \
+    "selected.safetensors"
 
 
 def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -72,12 +76,26 @@ def load_resume(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any) 
     return state
 
 
+def save_selected(folder: Path, model: nn.Module) -> None:
+    """Keep the trained tensors of the checkpoint selected so far (unfolded: training goes on from them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (SELECTED_FILE + ".tmp")
+    save_file(trained_state(model), str(tmp))
+    os.replace(tmp, folder / SELECTED_FILE)  # atomic: a crash mid-save keeps the previous selection
+
+
+def restore_selected(folder: Path, model: nn.Module) -> None:
+    """Put the selected checkpoint's tensors back into `model` (before `save_final`)."""
+    _load_into(model, load_file(str(folder / SELECTED_FILE)), folder / SELECTED_FILE)
+
+
 def save_final(folder: Path, model: nn.Module, design: DesignPoint, meta: dict[str, Any], keep_resume: bool) -> Path:
-    """Fold the prefix MLPs and write the design beside the trained tensors."""
+    """Fold the prefix MLPs and write the design beside the trained tensors; the selection file is then redundant."""
     folder.mkdir(parents=True, exist_ok=True)
     fold_prefixes(model)
     save_file(trained_state(model), str(folder / WEIGHTS_FILE))
     (folder / DESIGN_FILE).write_text(json.dumps({"design": design.to_dict(), **meta}, indent=2, default=str))
+    (folder / SELECTED_FILE).unlink(missing_ok=True)
     if not keep_resume and (folder / RESUME_DIR).exists():
         shutil.rmtree(folder / RESUME_DIR)
     return folder

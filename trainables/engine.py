@@ -115,6 +115,8 @@ def make_engine(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(cfg, cfg.batch_size),
+        # Under token batching (batch_size empty) the micro-batch varies; DeepSpeed's figure only sizes its own data
+        # loader, which the loop does not use, so any fixed value is consistent.
+        config=deepspeed_config(cfg, cfg.batch_size or 1),
     )
     return engine

@@ -1,7 +1,10 @@
 """One trial: train one design point on one task and evaluate it. Reads top to bottom; imports neither Ray nor MLflow.
 
 Fidelity is counted in optimizer steps. Every `eval_every` steps (and at the last) the loop evaluates on the first
-`eval_cap` dev examples and reports `REPORT_KEYS`. A NaN or diverging loss raises `TrialFailure`.
+`eval_cap` dev examples and reports `REPORT_KEYS`: the score at this step and the score of the checkpoint selected so
+far by the run's `select_metric` / `select_mode` (`trainables.selection`). Batches come from `trainables.batching`
+(by sentences, or by padded tokens when `max_tokens` is set), addressed by step so a resumed run sees the same
+batches. A NaN or diverging loss raises `TrialFailure`.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional as F
-from transformers import get_polynomial_decay_schedule_with_warmup
+from transformers import get_scheduler
 
 from trainables import data as D
-from trainables.checkpoint import load_resume, save_final, save_resume
+from trainables.batching import SentenceBatches, TokenBatches, item_lengths, token_batches
+from trainables.checkpoint import load_resume, restore_selected, save_final, save_resume, save_selected
 from trainables.config import TrainConfig
 from trainables.counting import ParamCounts, count_params
 from trainables.design import DesignPoint
@@ -29,18 +33,31 @@ from trainables.inject import inject
 from trainables.metrics import get_metric
 from trainables.models import build
 from trainables.report import NullReporter, Reporter, TrialFailure
+from trainables.selection import Selection
 
 
 @dataclass
 class TrialResult:
     step: int
     score: float  # at the last evaluation: what the search compares at equal fidelity
-    best_score: float
+    selected_score: float  # at the checkpoint selected by select_metric / select_mode: the trial's result
+    selected_step: int
     counts: ParamCounts
     last: dict[str, float] = field(default_factory=dict)
     out_dir: str | None = None
-    model: Any = field(default=None, repr=False)  # the trained model, for callers that go on to use it
+    model: Any = field(default=None, repr=False)  # the trained model (the selected checkpoint when out_dir is set)
     engine: str = ""  # which engine trained it (DeepSpeedEngine or TorchEngine)
+
+
+@dataclass
+class Data:
+    """Encoded splits, the collator, which rows form micro-batch k (`batches`), and the evaluation batches."""
+
+    train: list[dict]
+    eval: list[dict]
+    collate: Callable
+    batches: SentenceBatches | TokenBatches
+    eval_batches: list[list[int]]
 
 
 def seed_everything(seed: int) -> None:
@@ -49,15 +66,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def batch_at(k: int, n: int, size: int, seed: int) -> list[int]:
-    """The k-th training batch: a fresh seeded permutation per epoch, so any step can be resumed exactly."""
-    per_epoch = max(1, n // size)
-    epoch, j = divmod(k, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-    return perm[j * size:(j + 1) * size].tolist()
-
-
-def prepare_data(task: Any, tokenizer: Any, cfg: TrainConfig) -> tuple[list[dict], list[dict], Callable]:
+def prepare_data(task: Any, tokenizer: Any, cfg: TrainConfig) -> Data:
     train_ex = D.load_examples(task, "train", cfg.data_dir, limit=cfg.train_limit, seed=cfg.seed)
     eval_ex = D.load_examples(task, "validation", cfg.data_dir, limit=cfg.eval_cap, seed=cfg.seed)
     if task.kind == "classification":
@@ -68,7 +77,34 @@ def prepare_data(task: Any, tokenizer: Any, cfg: TrainConfig) -> tuple[list[dict
                                           task.src_lang, task.tgt_lang)
         collate = D.collate_seq2seq
     pad = tokenizer.pad_token_id
-    return enc(train_ex), enc(eval_ex), lambda items: collate(items, pad)
+    train_items, eval_items = enc(train_ex), enc(eval_ex)
+    if cfg.max_tokens is None:
+        batches: SentenceBatches | TokenBatches = SentenceBatches(len(train_items), cfg.batch_size, cfg.seed)
+        eval_batches = [list(range(i, min(i + cfg.batch_size, len(eval_items))))
+                        for i in range(0, len(eval_items), cfg.batch_size)]
+    else:
+        batches = TokenBatches(item_lengths(train_items), cfg.max_tokens, cfg.seed, cfg.batch_multiple, cfg.batch_size)
+        # Decoding writes up to the generation length per row (times the beams), whatever the source length: cap the
+        # evaluation rows so that rows × generation length stays within the same token budget.
+        gen = task.generation.max_length if task.generation else 0
+        eval_batches = token_batches(item_lengths(eval_items), cfg.max_tokens, 1,
+                                     cfg.batch_size or (max(1, cfg.max_tokens // gen) if gen else None))
+    return Data(train_items, eval_items, lambda items: collate(items, pad), batches, eval_batches)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
+    """transformers' schedulers by name; the recipes' `polynomial` (power 1) decays linearly to lr_end."""
+    name = {"constant": "constant_with_warmup"}.get(cfg.schedule, cfg.schedule)
+    extra = {"scheduler_specific_kwargs": {"lr_end": cfg.lr_end, "power": 1.0}} if name == "polynomial" else {}
+    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * cfg.max_steps),
+                         num_training_steps=cfg.max_steps, **extra)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]  # biases, LayerNorms
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -84,16 +120,16 @@ def loss_of(out: Any, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, task: Any, tokenizer: Any, items: list[dict], collate: Callable,
-             cfg: TrainConfig, device: torch.device) -> tuple[dict[str, float], float]:
+def evaluate(model: torch.nn.Module, task: Any, tokenizer: Any, data: Data, cfg: TrainConfig,
+             device: torch.device) -> tuple[dict[str, float], float]:
     """(named scores, eval loss) on the capped dev set; seq2seq decodes with the task's beam search."""
     model.eval()
     metric = get_metric(task.metric)
     preds: list[Any] = []
     refs: list[Any] = []
     losses = []
-    for i in range(0, len(items), cfg.batch_size):
-        batch = to_device(collate(items[i:i + cfg.batch_size]), device)
+    for rows in data.eval_batches:
+        batch = to_device(data.collate([data.eval[i] for i in rows]), device)
         inputs = {k: v for k, v in batch.items() if k != "references"}
         out = model(**inputs)
         losses.append(float(out.loss))
@@ -111,80 +147,105 @@ def evaluate(model: torch.nn.Module, task: Any, tokenizer: Any, items: list[dict
     return metric(preds, refs), float(np.mean(losses))
 
 
+@dataclass
+class Tally:
+    """Running training statistics between evaluations (and the divergence check's smoothed loss)."""
+
+    ema: float | None = None
+    best_ema: float = math.inf
+    tokens: int = 0
+    run_loss: float = 0.0
+    run_n: int = 0
+    train_time: float = 0.0
+    last_loss: float = math.nan
+
+
+def train_step(engine: Any, data: Data, cfg: TrainConfig, task: Any, step: int, tally: Tally, device: Any) -> None:
+    """One optimizer step of `grad_accum` micro-batches; rank r of `world` trains on its rows of each."""
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
+    tick = time.perf_counter()
+    for micro in range(cfg.grad_accum):
+        rows = data.batches.rows((step - 1) * cfg.grad_accum + micro, rank, world)
+        batch = to_device(data.collate([data.train[i] for i in rows]), device)
+        batch.pop("references", None)
+        loss = loss_of(engine(**batch), batch["labels"], cfg.label_smoothing)
+        engine.backward(loss)
+        engine.step()
+        value = float(loss.detach())
+        tally.tokens += int(batch["attention_mask"].sum())
+        if task.kind == "seq2seq":  # target tokens; a classification label is not a token
+            tally.tokens += int((batch["labels"] != D.IGNORE_INDEX).sum())
+        tally.run_loss, tally.run_n, tally.last_loss = tally.run_loss + value, tally.run_n + 1, value
+        if not math.isfinite(value):
+            raise TrialFailure(f"loss is {value} (not finite)", step)
+        tally.ema = value if tally.ema is None else 0.9 * tally.ema + 0.1 * value
+    tally.train_time += time.perf_counter() - tick
+    tally.best_ema = min(tally.best_ema, tally.ema)
+    if step >= 3 and tally.ema > cfg.divergence_factor * tally.best_ema:  # smoothed: one noisy batch is not divergence
+        raise TrialFailure(f"loss diverged: smoothed loss {tally.ema:.3g} > {cfg.divergence_factor:g} × its best "
+                           f"{tally.best_ema:.3g}", step)
+
+
 def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = None,
           on_step: Callable[[int, float], None] | None = None) -> TrialResult:
     reporter = reporter or NullReporter()
     seed_everything(cfg.seed)
     task = cfg.resolved_task()
-    model, tokenizer = build(task, design, cfg.model)
+    model, tokenizer = build(task, design, cfg.model, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout)
     inject(model, design)
     counts = count_params(design, model.config, task.kind)
-    train_items, eval_items, collate = prepare_data(task, tokenizer, cfg)
-    if not train_items or not eval_items:
-        raise ValueError(f"task {task.name!r}: the train or validation split is empty; check --data-dir")
-
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]  # biases, LayerNorms
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    scheduler = get_polynomial_decay_schedule_with_warmup(
-        optimizer, int(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps, lr_end=cfg.lr_end, power=1.0)
+    data = prepare_data(task, tokenizer, cfg)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = lr_schedule(optimizer, cfg)
     engine = make_engine(model, optimizer, scheduler, cfg)
     device = next(engine.module.parameters()).device
     out_dir = Path(cfg.out_dir) if cfg.out_dir else None
     state = load_resume(out_dir, engine.module, optimizer, scheduler) if out_dir else None
-    start, best = (state["step"], state["best"]) if state else (0, -math.inf)
-    ema, best_ema, tokens, run_loss, run_n = None, math.inf, 0, 0.0, 0
-    t0, train_time = time.perf_counter(), 0.0
-    last: dict[str, float] = {}
-    # Under Ray Train / DeepSpeed with several ranks each rank takes its share of one global batch; rank 0 saves.
-    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
+    start = state["step"] if state else 0
+    selection = Selection.from_state(state and state.get("selection"), cfg.select_metric, cfg.select_mode)
+    tally, t0, last = Tally(), time.perf_counter(), {}
+    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
+        else 0  # under Ray Train / DeepSpeed each rank trains its share; rank 0 saves
 
     engine.module.train()
     for step in range(start + 1, cfg.max_steps + 1):
-        tick = time.perf_counter()
-        for micro in range(cfg.grad_accum):
-            k = (step - 1) * cfg.grad_accum + micro
-            rows = batch_at(k, len(train_items), cfg.batch_size * world, cfg.seed)[rank::world]
-            batch = to_device(collate([train_items[i] for i in rows]), device)
-            batch.pop("references", None)
-            loss = loss_of(engine(**batch), batch["labels"], cfg.label_smoothing)
-            engine.backward(loss)
-            engine.step()
-            value = float(loss.detach())
-            tokens += int(batch["attention_mask"].sum())
-            if task.kind == "seq2seq":  # target tokens; a classification label is not a token
-                tokens += int((batch["labels"] != D.IGNORE_INDEX).sum())
-            run_loss, run_n = run_loss + value, run_n + 1
-            if not math.isfinite(value):
-                raise TrialFailure(f"loss is {value} (not finite)", step)
-            ema = value if ema is None else 0.9 * ema + 0.1 * value
-        train_time += time.perf_counter() - tick
-        best_ema = min(best_ema, ema)
-        if step >= 3 and ema > cfg.divergence_factor * best_ema:  # smoothed: one noisy batch is not divergence
-            raise TrialFailure(f"loss diverged: smoothed loss {ema:.3g} > {cfg.divergence_factor:g} × its best "
-                               f"{best_ema:.3g}", step)
+        train_step(engine, data, cfg, task, step, tally, device)
         if on_step:
-            on_step(step, value)
+            on_step(step, tally.last_loss)
         if step % cfg.eval_every and step != cfg.max_steps:
             continue
-        scores, eval_loss = evaluate(engine.module, task, tokenizer, eval_items, collate, cfg, device)
-        score = scores[get_metric(task.metric).primary]
-        best = max(best, score)
-        last = {"step": step, "score": score, "loss": run_loss / max(run_n, 1), "eval_loss": eval_loss,
-                "tokens_per_s": tokens / max(train_time, 1e-9), "trainable": counts.trainable,
+        scores, eval_loss = evaluate(engine.module, task, tokenizer, data, cfg, device)
+        last = {"step": step, "score": scores[get_metric(task.metric).primary],
+                "loss": tally.run_loss / max(tally.run_n, 1), "eval_loss": eval_loss,
+                "tokens_per_s": tally.tokens / max(tally.train_time, 1e-9), "trainable": counts.trainable,
                 "stored": counts.stored, "fraction": counts.fraction, "elapsed_s": time.perf_counter() - t0,
                 **{f"metric.{k}": v for k, v in scores.items()}}
-        run_loss, run_n = 0.0, 0
-        if rank == 0 and out_dir and step != cfg.max_steps:
-            save_resume(out_dir, engine.module, optimizer, scheduler, step, {"best": best})
-        if rank == 0 and out_dir and step == cfg.max_steps:
-            # Before the last report: a scheduler that stops at max_t ends the trial inside that report call.
-            save_final(out_dir, engine.module, design, {"task": task.name, "model": cfg.model, "step": step,
-                                                         "score": score}, cfg.keep_resume_state)
+        selected_now = selection.offer(last)
+        last.update(selection.report())
+        tally.run_loss, tally.run_n = 0.0, 0
+        if rank == 0 and out_dir:
+            _save(out_dir, engine.module, optimizer, scheduler, design, step, cfg, selection, selected_now, last)
         reporter.report(last)  # every rank: Ray Train's report is a collective that all workers must join
 
-    return TrialResult(step=cfg.max_steps, score=last.get("score", math.nan), best_score=best, counts=counts,
-                       last=last, out_dir=str(out_dir) if out_dir else None, model=engine.module,
-                       engine=type(engine).__name__)
+    return TrialResult(step=cfg.max_steps, score=last.get("score", math.nan),
+                       selected_score=last.get("selected_score", math.nan),
+                       selected_step=int(last.get("selected_step", 0)), counts=counts, last=last,
+                       out_dir=str(out_dir) if out_dir else None, model=engine.module, engine=type(engine).__name__)
+
+
+def _save(out_dir: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, design: DesignPoint, step: int,
+          cfg: TrainConfig, selection: Selection, selected_now: bool, last: dict[str, Any]) -> None:
+    """After an evaluation: keep a newly selected checkpoint, then resume state, or at max_steps the final one."""
+    if step != cfg.max_steps:
+        if selected_now:
+            save_selected(out_dir, model)
+        save_resume(out_dir, model, optimizer, scheduler, step, {"selection": selection.state()})
+        return
+    if not selected_now:  # the checkpoint that counts is an earlier one: its weights are what the trial keeps
+        restore_selected(out_dir, model)
+    # Before the last report: a scheduler that stops at max_t ends the trial inside that report call.
+    save_final(out_dir, model, design, {"task": cfg.task, "model": cfg.model, "step": step,
+                                        "selected_step": selection.step, "select_metric": selection.metric,
+                                        "select_mode": selection.mode, "score": last["selected_score"],
+                                        "last_score": last["score"]}, cfg.keep_resume_state)

