@@ -21,9 +21,9 @@ def make_optimizer(model: nn.Module, lr: float) -> tuple[torch.optim.Optimizer, 
 def make_cfg(engine: str, precision: str, batch: int, zero_stage: int) -> Any:
     from trainables.config import TrainConfig
 
-    # The task only validates the config here; nothing is read from it.
-    return TrainConfig(task="en-ro", engine=engine, precision=precision, batch_size=batch, zero_stage=zero_stage,
-                       lr=1e-4, max_grad_norm=1.0)
+    # en-ro's recipe, with sentence batches of `batch` rows (the engine sizes DeepSpeed's micro-batch from it).
+    return TrainConfig.for_task("en-ro", engine=engine, precision=precision, batch_size=batch, max_tokens=None,
+                                zero_stage=zero_stage, lr=1e-4, max_grad_norm=1.0, grad_accum=1)
 
 
 @contextlib.contextmanager

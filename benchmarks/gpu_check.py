@@ -13,10 +13,10 @@
    each with a fresh model built from the same seed. Reported: tokens/s (source + target tokens), s/step, peak GPU
    memory (`torch.cuda.max_memory_allocated`, reset before the model is built) and model FLOP utilisation.
 
-   FLOPs are PETL training FLOPs counted honestly (`benchmarks/flop_count.py`: every nn.Linear call plus the
-   attention matmuls, backward only where the gradient flows); MFU = FLOPs / step time / the GPU's peak dense bf16
-   FLOP/s (H100 SXM/H200 989e12, H100 NVL 835e12, H100 PCIe 756e12, A100 312e12). torch's FlopCounterMode count of one
-   executed step is printed beside it as a cross-check (it counts what the kernels do, e.g. full causal matrices).
+   FLOPs are PETL training FLOPs counted honestly (`trainables.flops`, through `benchmarks/flop_count.py`: every
+   matrix product, input gradients only where they are needed, weight gradients only for trainable matrices); MFU =
+   FLOPs / step time / the GPU's peak dense bf16 FLOP/s (`trainables.flops.PEAK_BF16`). torch's FlopCounterMode count
+   of one executed step is printed beside it as a cross-check (fused attention kernels may escape it).
 
 2. Parity: a tiny BART (`trainables.tiny.tiny_config("bart")`, dropout off) with a small MAM design (dropout off),
    20 steps on CPU and on the GPU, fp32, TF32 off, torch engine, same seed, same weights and same batches: the two
@@ -142,7 +142,7 @@ def throughput(mode: str, precision: str, args: argparse.Namespace, config: Any,
     trainable = sum(p.numel() for p in engine.module.parameters() if p.requires_grad)
     result.update(trainable=trainable, total_params=sum(p.numel() for p in engine.module.parameters()))
     if count_flops:
-        result["flops"] = step_flops(engine.module, config, data[0], engine, design.head_attn.size)
+        result["flops"] = step_flops(design, config, data[0])
         sync(device)
         result["flops_executed_torch_counter"] = executed_flops(engine, data[0]) if mode == "torch" else None
     engine.module.train()

@@ -56,9 +56,8 @@ def summary_text(rep: dict[str, Any]) -> str:
         if r.get("flops"):
             fl = r["flops"]
             lines.append(
-                f"\nGFLOP per step at batch {r['batch']}: linear fwd {fl['linear']['fwd'] / 1e9:,.2f} + act-grad "
-                f"{fl['linear']['act'] / 1e9:,.2f} + weight-grad {fl['linear']['wgrad'] / 1e9:,.2f}; attention "
-                f"fwd {fl['attention']['fwd'] / 1e9:,.2f} + act-grad {fl['attention']['act'] / 1e9:,.2f}; total "
+                f"\nGFLOP per step at batch {r['batch']} (trainables.flops): forward {fl['forward'] / 1e9:,.2f} + input "
+                f"gradients {fl['input_grad'] / 1e9:,.2f} + weight gradients {fl['weight_grad'] / 1e9:,.2f} = "
                 f"{fl['total'] / 1e9:,.2f} (full fine-tuning of the same step: {fl['full_finetune_equivalent'] / 1e9:,.2f})")
             break
     for r in rep["throughput"]:

@@ -1,7 +1,8 @@
 """Run one trial alone: `python -m trainables.trial --preset mam_glue --dataset sst2 --model minilm --data-dir DIR`.
 
 Trains one design point on one task with a progress bar and prints a one-line result. The design is a preset name
-or a YAML file in the nested design-point form; any training setting can be overridden with `--set key=value`.
+or a YAML file in the nested design-point form; any training setting can be overridden with `--set key=value`, on
+top of the task's recipe. `--dry-run` resolves and checks everything and prints the plan and its cost instead.
 """
 
 from __future__ import annotations
@@ -13,19 +14,20 @@ import sys
 from pathlib import Path
 
 import yaml
-from tqdm import tqdm
 
-from trainables.config import TrainConfig, parse_overrides
+from trainables.config import parse_overrides
+from trainables.cost import DEFAULT_GPU, DEFAULT_UTILIZATION, GpuModel
 from trainables.design import DesignPoint
 from trainables.presets import get_preset
 from trainables.report import TrialFailure
+from trainables.runconfig import RunConfig, resolve_run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainables.trial", description=__doc__,
+    p = argparse.ArgumentParser(prog="petl-trial", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--preset", help="a named method of the paper (python -m trainables.count --list-presets)")
+    what.add_argument("--preset", help="a named method of the paper (petl-count --list-presets)")
     what.add_argument("--design", help="a YAML file holding one design point (nested form, see spaces/README.md)")
     p.add_argument("--dataset", required=True, help="task: en-ro, xsum, mnli, sst2, toy-cls, toy-s2s")
     p.add_argument("--model", default=None,
@@ -36,30 +38,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=None, help="optimizer steps between evaluations")
     p.add_argument("--out", default=None, help="folder for PETL-only checkpoints; rerunning with it resumes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any training setting, e.g. --set lr=3e-4 --set batch_size=16 (repeatable)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+                   help="override any training setting, e.g. --set lr=3e-4 --set epochs=3 (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="resolve and validate everything, print the plan and its cost, train nothing")
+    p.add_argument("--gpu", default=DEFAULT_GPU, help=f"GPU the cost estimate assumes (default {DEFAULT_GPU})")
+    p.add_argument("--utilization", type=float, default=DEFAULT_UTILIZATION,
+                   help=f"fraction of the GPU's peak the estimate assumes (default {DEFAULT_UTILIZATION})")
+    p.add_argument("--json", action="store_true", help="print the result (or the plan) as one JSON object")
     return p
+
+
+def resolve(args: argparse.Namespace) -> tuple[str, DesignPoint, RunConfig]:
+    """The design and the run, resolved once: the recipe, then --set (the step flags belong to that layer)."""
+    name = args.preset or Path(args.design).stem
+    design = (get_preset(args.preset).design if args.preset
+              else DesignPoint.from_dict(yaml.safe_load(Path(args.design).read_text())))
+    overrides = parse_overrides(args.set)
+    for key, value in (("max_steps", args.max_steps), ("eval_every", args.eval_every)):
+        if value is not None:
+            overrides.pop("epochs" if key == "max_steps" else "eval_epochs", None)
+            overrides[key] = value
+    return name, design, resolve_run(args.dataset, model=args.model, data_dir=args.data_dir, overrides=overrides)
+
+
+def dry_run(name: str, design: DesignPoint, run: RunConfig, args: argparse.Namespace) -> int:
+    from trainables.counting import count_params
+    from trainables.models import check_fit, config_for
+    from trainables.plan import cost_lines, run_lines, run_plan
+
+    config = config_for(run.task, run.train.model)
+    check_fit(run.task, config, design)
+    counts = count_params(design, config, run.task.kind)
+    plan = run_plan(run, [(name, design)], config, GpuModel.named(args.gpu, args.utilization))
+    plan.update(rungs=[], trials=1, design={"name": name, "spec": design.to_dict(), "fraction": counts.fraction,
+                                            "stored": counts.stored, "trainable": counts.trainable})
+    if args.json:
+        print(json.dumps(plan, default=str))
+        return 0
+    print("\n".join([f"plan: one trial of {name} ({100 * counts.fraction:.3f}% of the backbone stored, "
+                     f"{counts.trainable:,} trainable)", *run_lines(plan), *cost_lines(plan),
+                     "nothing was trained (--dry-run)"]))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from trainables.loop import train  # heavy imports after argument errors
-
     try:
-        design = (get_preset(args.preset).design if args.preset
-                  else DesignPoint.from_dict(yaml.safe_load(Path(args.design).read_text())))
-        overrides = parse_overrides(args.set)
-        for key, value in (("model", args.model), ("data_dir", args.data_dir), ("max_steps", args.max_steps),
-                           ("eval_every", args.eval_every), ("out_dir", args.out)):
-            if value is not None:
-                overrides[key] = value
-        cfg = TrainConfig.for_task(args.dataset, **overrides)
+        name, design, run = resolve(args)
+        cfg = run.trial_config({}, args.out)  # the trial's one TrainConfig
+        if args.dry_run:
+            return dry_run(name, design, run, args)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    bar = tqdm(total=cfg.max_steps, desc=f"{args.preset or Path(args.design).stem} on {cfg.task}", unit="step",
-               disable=args.json)
+    from tqdm import tqdm
+
+    from trainables.loop import train  # heavy imports after argument errors
+
+    bar = tqdm(total=cfg.max_steps, desc=f"{name} on {cfg.task}", unit="step", disable=args.json)
 
     def on_step(step: int, loss: float) -> None:
         bar.n = step
@@ -69,25 +106,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(design, cfg, on_step=on_step)
     except TrialFailure as err:
-        bar.close()
         print(f"failed: {err}", file=sys.stderr)
         return 1
     except ValueError as err:
-        bar.close()
         print(f"error: {err}", file=sys.stderr)
         return 2
-    bar.close()
-    line = {"task": cfg.task, "score": result.score, "best_score": result.best_score, "step": result.step,
-            "fraction": result.counts.fraction, "stored": result.counts.stored,
-            "trainable": result.counts.trainable, "tokens_per_s": result.last.get("tokens_per_s"),
-            "out": result.out_dir}
+    finally:
+        bar.close()
+    line = {"task": cfg.task, "score": result.selected_score, "selected_step": result.selected_step,
+            "last_score": result.score, "step": result.step, "select_metric": cfg.select_metric,
+            "fraction": result.counts.fraction, "stored": result.counts.stored, "trainable": result.counts.trainable,
+            "tokens_per_s": result.last.get("tokens_per_s"), "out": result.out_dir}
     if args.json:
         print(json.dumps(line))
-    else:
-        print(f"{cfg.task}: score {result.score:.4f} (best {result.best_score:.4f}) after {result.step} steps | "
-              f"{result.counts.stored:,} stored params = {100 * result.counts.fraction:.3f}% of the backbone | "
-              f"{result.last.get('tokens_per_s', 0):,.0f} tokens/s" + (f" | saved to {result.out_dir}"
-                                                                       if result.out_dir else ""))
+        return 0
+    print(f"{cfg.task}: score {result.selected_score:.4f} at step {result.selected_step} (selected by "
+          f"{cfg.select_metric}, {cfg.select_mode}; {result.score:.4f} at the last step {result.step}) | "
+          f"{result.counts.stored:,} stored params = {100 * result.counts.fraction:.3f}% of the backbone | "
+          f"{result.last.get('tokens_per_s', 0):,.0f} tokens/s" + (f" | saved to {result.out_dir}"
+                                                                   if result.out_dir else ""))
     return 0
 
 
