@@ -27,7 +27,7 @@ TERMINAL_STATUSES = ("finished", "stopped", "failed")
 
 # Columns the loader always produces; every other column is an MLflow param of the trial.
 BASE_COLUMNS = (
-    "run_id", "run_name", "status", "fidelity", "max_fidelity", "full_fidelity", "score", "fraction",
+    "run_id", "run_name", "status", "fidelity", "max_fidelity", "full_fidelity", "score", "last_score", "fraction",
     "params.trainable", "params.stored", "preset", "failure", "pareto_tag", "reused_from", "start_time", "end_time",
 )
 

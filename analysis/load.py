@@ -151,7 +151,10 @@ def _row(run: Run) -> dict[str, Any]:
         "status": status,
         "fidelity": _int_or_none(tags.get(FIDELITY_TAG)),
         "max_fidelity": _int_or_none(tags.get(MAX_FIDELITY_TAG)),
-        "score": metrics.get("score", math.nan),
+        # The front is built on the selected checkpoint's score (the run's select_metric / select_mode, as the paper
+        # reported); `last_score` is the score at the trial's last step. Runs from before selection have only score.
+        "score": metrics.get("selected_score", metrics.get("score", math.nan)),
+        "last_score": metrics.get("score", math.nan),
         "fraction": metrics.get("fraction", math.nan),
         "params.trainable": metrics.get("params.trainable"),
         "params.stored": metrics.get("params.stored"),

@@ -66,7 +66,7 @@ DEFAULT = "noop-fresh,noop,noop-pareto,tiny-fresh,tiny,tiny-pareto"
 # Worker side: the trainables (pickled by value from __main__ by cloudpickle; they import only in the worker)
 
 def make_trainable(mode: str, log_dir: str, max_steps: int):  # noqa: ANN201
-    def bench_trial(config: dict, settings: dict) -> None:
+    def bench_trial(config: dict, context: object) -> None:
         enter = time.time()
         import json as _json
         import os as _os
@@ -90,7 +90,8 @@ def make_trainable(mode: str, log_dir: str, max_steps: int):  # noqa: ANN201
             dump()
             score = 0.5 + 0.4 * (zlib.crc32(tid.encode()) % 1000) / 1000
             fraction = float(config["fraction"])
-            tune.report({"step": max_steps, "score": score, "loss": 0.5, "eval_loss": 0.5, "tokens_per_s": 1.0,
+            tune.report({"step": max_steps, "score": score, "selected_score": score, "selected_step": max_steps,
+                         "loss": 0.5, "eval_loss": 0.5, "tokens_per_s": 1.0,
                          "trainable": 1, "stored": 1, "fraction": fraction, "elapsed_s": 0.0,
                          "metric.accuracy": score})
             rec["returned"] = _time.time()
@@ -118,7 +119,7 @@ def make_trainable(mode: str, log_dir: str, max_steps: int):  # noqa: ANN201
 
         L.train, ST.TuneReporter.report = train, report
         try:
-            ST.run_trial(config, settings)
+            ST.run_trial(config, context)
         finally:
             L.train, ST.TuneReporter.report = orig_train, orig_report
         rec["returned"] = _time.time()

@@ -150,35 +150,29 @@ def _peft_model(steps: int, data_dir: str) -> tuple[Any, Any, Any, Any]:
 
 
 def _engine(model: Any, cfg: Any) -> Any:
-    import torch
-    from transformers import get_polynomial_decay_schedule_with_warmup
-
+    """The loop's own optimizer, schedule and engine (trainables.loop), around any model."""
     from trainables.engine import make_engine
+    from trainables.loop import lr_schedule, make_optimizer
 
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    scheduler = get_polynomial_decay_schedule_with_warmup(
-        optimizer, int(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps, lr_end=cfg.lr_end, power=1.0)
-    return make_engine(model, optimizer, scheduler, cfg)
+    optimizer = make_optimizer(model, cfg)
+    return make_engine(model, optimizer, lr_schedule(optimizer, cfg), cfg)
 
 
 def run_peft(steps: int, data_dir: str) -> dict[str, Any]:
     """Our loop's step (trainables.loop.train) with PEFT's model: same batches, optimizer, schedule, evaluation."""
     from trainables import data as D
     from trainables.counting import count_params
-    from trainables.loop import batch_at, evaluate, loss_of, prepare_data, to_device
+    from trainables.loop import evaluate, loss_of, prepare_data, to_device
 
     model, tokenizer, cfg, task = _peft_model(steps, data_dir)
-    train_items, eval_items, collate = prepare_data(task, tokenizer, cfg)
+    data = prepare_data(task, tokenizer, cfg)
     engine = _engine(model, cfg)
     stamps, losses, tokens, train_time = [], [], 0, 0.0
     engine.module.train()
     for step in range(1, cfg.max_steps + 1):
         tick = time.perf_counter()
-        rows = batch_at(step - 1, len(train_items), cfg.batch_size, cfg.seed)
-        batch = to_device(collate([train_items[i] for i in rows]), engine.device)
+        rows = data.batches.rows(step - 1)  # the loop's sampler: the same rows our trials train on
+        batch = to_device(data.collate([data.train[i] for i in rows]), engine.device)
         loss = loss_of(engine(**batch), batch["labels"], cfg.label_smoothing)
         engine.backward(loss)
         engine.step()
@@ -186,7 +180,7 @@ def run_peft(steps: int, data_dir: str) -> dict[str, Any]:
         tokens += int(batch["attention_mask"].sum()) + int((batch["labels"] != D.IGNORE_INDEX).sum())
         train_time += time.perf_counter() - tick
         stamps.append(time.perf_counter())
-    scores, eval_loss = evaluate(engine.module, task, tokenizer, eval_items, collate, cfg, engine.device)
+    scores, eval_loss = evaluate(engine.module, task, tokenizer, data, cfg, engine.device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     stored = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     backbone = count_params(_design("lora"), model.base_model.model.config, "classification").backbone
@@ -213,7 +207,7 @@ def profile(steps: int, data_dir: str, rows: int) -> None:
     from torch.profiler import profile as tprofile
 
     from trainables.inject import inject
-    from trainables.loop import batch_at, loss_of, prepare_data, seed_everything, to_device
+    from trainables.loop import loss_of, prepare_data, seed_everything, to_device
     from trainables.models import build
 
     _setup_torch()
@@ -223,13 +217,13 @@ def profile(steps: int, data_dir: str, rows: int) -> None:
     ours, tokenizer = build(task, _design("lora"), cfg.model)
     inject(ours, _design("lora"))
     peft, _, _, _ = _peft_model(10 + steps, data_dir)
-    train_items, _, collate = prepare_data(task, tokenizer, cfg)
+    data = prepare_data(task, tokenizer, cfg)
     for label, model in (("ours", ours), ("peft", peft), ("ours", ours), ("peft", peft)):
         engine = _engine(model, cfg)
         engine.module.train()
 
         def one(k: int, engine: Any = engine) -> None:
-            batch = to_device(collate([train_items[i] for i in batch_at(k, len(train_items), 32, SEED)]), "cpu")
+            batch = to_device(data.collate([data.train[i] for i in data.batches.rows(k)]), "cpu")
             engine.backward(loss_of(engine(**batch), batch["labels"], 0.0))
             engine.step()
 

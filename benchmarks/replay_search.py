@@ -41,13 +41,13 @@ def key_of(config: dict[str, Any]) -> str:
     return json.dumps({"design": config["design"], "lr": config["train"]["lr"]}, sort_keys=True)
 
 
-def sampler_for(space_path: Path) -> Any:
-    """(SpaceSampler, fixed training settings, task) exactly as `python search/run.py --space ...` plans them."""
+def sampler_for(space_path: Path, data_dir: str | None = None) -> Any:
+    """(SpaceSampler, resolved run configuration, task) exactly as `petl-search --space ...` plans them."""
     from search.cli import build_parser
-    from search.driver import plan
+    from search.plan import plan
 
-    p = plan(build_parser().parse_args(["--space", str(space_path)]))
-    return p.sampler, p.settings["train"], p.task
+    p = plan(build_parser().parse_args(["--space", str(space_path)] + (["--data-dir", data_dir] if data_dir else [])))
+    return p.sampler, p.run, p.task
 
 
 def grid_configs(space_path: Path) -> list[dict[str, Any]]:
@@ -80,7 +80,6 @@ def build_table(args: argparse.Namespace) -> int:
     """Train the grid's points whose index ≡ shard (mod shards); resumable (done keys are skipped)."""
     import torch
 
-    from trainables.config import TrainConfig
     from trainables.design import DesignPoint
     from trainables.loop import train
 
@@ -91,13 +90,13 @@ def build_table(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shard_file = out / f"shard{args.shard}.jsonl"
     done = {json.loads(line)["key"] for f in out.glob("shard*.jsonl") for line in f.read_text().splitlines() if line}
-    _, fixed, task = sampler_for(Path(args.space))
+    _, run, _ = sampler_for(Path(args.space), args.data_dir)
     mine = [c for i, c in enumerate(configs) if i % args.shards == args.shard and key_of(c) not in done]
     print(f"{len(configs)} grid points, {len(done)} done, shard {args.shard}/{args.shards}: {len(mine)} to train",
           flush=True)
     for i, config in enumerate(mine):
         t0 = time.perf_counter()
-        cfg = TrainConfig.for_task(task.name, model="minilm", data_dir=args.data_dir, **fixed, **config["train"])
+        cfg = run.trial_config(config["train"], None)
         collect = _Collect()
         try:
             train(DesignPoint.from_dict(config["design"]), cfg, collect)
@@ -227,8 +226,8 @@ def replay(args: argparse.Namespace) -> int:
     import statistics
 
     table = load_table(Path(args.table))
-    sampler, fixed, _ = sampler_for(Path(args.space))
-    max_t = int(fixed["max_steps"])
+    sampler, run, _ = sampler_for(Path(args.space))
+    max_t = run.train.max_steps
     if args.oracle:  # a perfect low-fidelity signal: every evaluation already shows the final score
         table = {k: {**r, "curve": {s: r["curve"][max_t] for s in r["curve"]}} for k, r in table.items()}
     methods = args.methods.split(",")

@@ -1,26 +1,31 @@
-"""`python search/run.py --space spaces/full.yaml --dataset en-ro`: search the unified PETL design space.
+"""`petl-search --space full --dataset en-ro --dry-run`: search the unified PETL design space (first, check the plan).
 
 Every trial trains one design point (sampled by Optuna from the YAML space, two objectives: task score up, stored
 parameter fraction down) under Ray Tune, with early stopping that ranks trials by Pareto rank; MLflow records a parent
-run for the search and a child run per trial, with the Pareto plots on the parent. With no arguments it runs the
-smoke space on a generated task with a tiny model: local Ray, a local SQLite MLflow store, nothing downloaded.
+run for the search and a child run per trial, with the Pareto plots on the parent. Training settings come from the
+task's recipe, then the space's fixed `train:` values, then --set. `--dry-run` resolves and checks all of it and
+prints the plan (data, steps, evaluation, rungs, resources, cost) without starting anything. With no arguments it runs
+the smoke space on a generated task with a tiny model: local Ray, a local SQLite MLflow store, nothing downloaded.
+(`python search/run.py` is the same command from a checkout.)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
-DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
+from trainables.cost import DEFAULT_GPU, DEFAULT_UTILIZATION
+
+DEFAULT_SPACE = "smoke"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python search/run.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="petl-search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument_group("what to search")
-    a.add_argument("--space", default=str(DEFAULT_SPACE),
-                   help="YAML design space (spaces/full.yaml, paper.yaml, smoke.yaml; schema in spaces/README.md)")
+    a.add_argument("--space", default=DEFAULT_SPACE,
+                   help="YAML design space: a file, or a shipped space by name (full, paper, smoke; schema in "
+                   "spaces/README.md); default: smoke")
     a.add_argument("--dataset", default=None, help="task: en-ro, xsum, mnli, sst2, toy-cls, toy-s2s "
                    "(default: the space's own task)")
     a.add_argument("--model", default=None, help="checkpoint folder or hub name ('minilm' = the packaged MiniLM); "
@@ -31,15 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hard budget: designs storing more than this fraction of the backbone are skipped untrained "
                    "and marked infeasible to the sampler, which then avoids them")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="fix a training setting for every trial, e.g. --set max_steps=2000 (repeatable)")
+                   help="fix a training setting for every trial, over the recipe and the space, e.g. --set "
+                   "max_steps=2000 or --set epochs=3 (repeatable)")
     s = p.add_argument_group("how to search")
     s.add_argument("--sampler", choices=["tpe", "nsga2"], default="tpe", help="Optuna's multi-objective sampler")
     s.add_argument("--scheduler", choices=["pareto", "banded", "asha", "none"], default="pareto",
                    help="early stopping: 'pareto' (default) = ASHA whose rungs promote by Pareto rank on (score, "
                    "fraction), as MOASHA; 'banded' = ASHA within parameter-budget bands; 'asha' = plain ASHA on "
                    "score; 'none' = every trial to full fidelity")
-    s.add_argument("--grace-period", type=int, default=None, help="steps before a trial can be stopped "
-                   "(default: the space's eval_every)")
+    s.add_argument("--grace-period", type=int, default=None, help="steps before a trial can be stopped, a multiple "
+                   "of the evaluation interval (default: the resolved evaluation interval, e.g. 5,000 for en-ro)")
     s.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA keeps 1/this of trials per rung")
     s.add_argument("--bands-per-decade", type=int, default=2,
                    help="with --scheduler banded: budget bands per factor 10 of parameter fraction")
@@ -62,11 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("tracking")
     t.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite:///<cwd>/mlflow.db)")
     t.add_argument("--experiment", default=None, help="MLflow experiment (default: the search name)")
+    d = p.add_argument_group("plan first")
+    d.add_argument("--dry-run", action="store_true", help="resolve and check everything, print the plan and its "
+                   "cost, and start nothing (no Ray, no weights, no training, no tracking)")
+    d.add_argument("--json", action="store_true", help="with --dry-run: print the plan as one JSON object")
+    d.add_argument("--gpu", default=DEFAULT_GPU, help=f"GPU the cost estimate assumes (default {DEFAULT_GPU})")
+    d.add_argument("--utilization", type=float, default=DEFAULT_UTILIZATION, help="fraction of the GPU's peak "
+                   f"FLOP/s the cost estimate assumes (default {DEFAULT_UTILIZATION}, what the paper's en-ro run "
+                   "achieved)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json and not args.dry_run:
+        build_parser().error("--json goes with --dry-run (a search prints its progress and ends with the front)")
     for key, value in (("TRANSFORMERS_VERBOSITY", "error"), ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0"),
                        ("TUNE_GLOBAL_CHECKPOINT_S", "1"), ("RAY_DEDUP_LOGS", "1"),
                        ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")):

@@ -1,4 +1,4 @@
-"""Entry point: `python search/run.py --help`. All logic lives in search/cli.py and search/driver.py."""
+"""Entry point from a checkout: `python search/run.py --help` (installed: `petl-search`). Logic: search/cli.py."""
 
 import sys
 from pathlib import Path

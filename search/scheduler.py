@@ -17,6 +17,7 @@ from typing import Any
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from analysis.pareto import promotion_order
+from search.rungs import milestones
 
 MIN_FRACTION = 1e-7
 
@@ -74,15 +75,8 @@ class ParetoASHA(FIFOScheduler):
     def __init__(self, *, max_t: int, grace_period: int, reduction_factor: float = 3, metric: str = "score",
                  time_attr: str = "step") -> None:
         super().__init__()
-        if grace_period < 1 or reduction_factor <= 1:
-            raise ValueError(f"grace_period must be >= 1 and reduction_factor > 1, got {grace_period}, "
-                             f"{reduction_factor}")
         self._metric, self._time_attr, self.eta = metric, time_attr, reduction_factor
-        self.rungs: list[float] = []
-        t = float(grace_period)
-        while t < max_t:
-            self.rungs.append(t)
-            t *= reduction_factor
+        self.rungs: list[float] = milestones(max_t, grace_period, reduction_factor)
         self._recorded: dict[float, dict[str, tuple[float, float]]] = {r: {} for r in self.rungs}
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:

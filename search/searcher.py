@@ -15,7 +15,9 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-OBJECTIVES, DIRECTIONS = ["score", "fraction"], ["max", "min"]
+# The task score of the checkpoint the run's select_metric/select_mode chose (trainables.selection), as the paper
+# reported; the rungs compare the score at their own step instead (search.scheduler).
+OBJECTIVES, DIRECTIONS = ["selected_score", "fraction"], ["max", "min"]
 log = logging.getLogger(__name__)
 
 

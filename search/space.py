@@ -1,5 +1,7 @@
 """Design spaces in YAML (`spaces/*.yaml`, schema in `spaces/README.md`) compiled into one Optuna define-by-run.
 
+A space is a file or a shipped space's name (`full`, `paper`, `smoke`; `shipped_spaces`).
+
 The YAML is the only place a space is written. Loading checks every key, type and range, and walks every
 categorical branch of the compiled space once, so an impossible combination is an error before Ray starts, and
 every point the search can sample is a valid `DesignPoint`.
@@ -12,7 +14,6 @@ made (e.g. `gated` exists only for `form: softmax`) is sampled under a branch na
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from trainables.config import TrainConfig
+from trainables.runconfig import setting_kinds
 from trainables.design import NONE, SITES, DesignPoint, Representation
 from trainables.presets import get_preset
 
@@ -55,9 +56,14 @@ class Dim:
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
 
-def _dim(name: str, raw: Any, kind: str) -> Dim:
-    """`kind` is the field's type: "int", "float", "bool" or "str"."""
+def _dim(name: str, raw: Any, kind: str, optional: bool = False) -> Dim:
+    """`kind` is the field's type: "int", "float", "bool", "str" or "pair" (two floats, e.g. betas); `optional`
+    allows an empty value (null) as a fixed value or a choice."""
     where = f"space key {name}"
+    if kind == "pair" and isinstance(raw, list) and raw and not isinstance(raw[0], list):
+        raw = [raw]  # one pair is a fixed value; a list of pairs is a choice
+    if kind == "pair" and isinstance(raw, list) and len(raw) == 1:
+        return Dim(name, "fixed", (_typed(raw[0], kind, where, optional),))
     if isinstance(raw, Mapping):
         if kind not in ("int", "float"):
             raise ValueError(f"{where}: a range {{low, high}} needs a numeric option, got {dict(raw)!r}; use a list")
@@ -72,27 +78,26 @@ def _dim(name: str, raw: Any, kind: str) -> Dim:
     values = tuple(raw) if isinstance(raw, list) else (raw,)
     if not values:
         raise ValueError(f"{where}: an empty list of choices leaves nothing to search; list at least one value")
-    values = tuple(_typed(v, kind, where) for v in values)
+    values = tuple(_typed(v, kind, where, optional) for v in values)
     if len(set(values)) != len(values):
         raise ValueError(f"{where}: choices must be distinct, got {list(values)}")
     return Dim(name, "choice" if isinstance(raw, list) and len(values) > 1 else "fixed", values)
 
 
-def _typed(v: Any, kind: str, where: str) -> Any:
-    ok = {"int": isinstance(v, int) and not isinstance(v, bool), "float": isinstance(v, (int, float))
-          and not isinstance(v, bool), "bool": isinstance(v, bool), "str": isinstance(v, str) or v is None}[kind]
+def _typed(v: Any, kind: str, where: str, optional: bool = False) -> Any:
+    if v is None and (optional or kind == "str"):
+        return None
+    number = isinstance(v, (int, float)) and not isinstance(v, bool)
+    ok = {"int": isinstance(v, int) and not isinstance(v, bool), "float": number, "bool": isinstance(v, bool),
+          "str": isinstance(v, str), "pair": isinstance(v, (list, tuple)) and len(v) == 2
+          and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)}[kind]
     if not ok:
         raise ValueError(f"{where}: expected {kind} value(s), got {v!r}")
-    return float(v) if kind == "float" else v
+    return float(v) if kind == "float" else tuple(float(x) for x in v) if kind == "pair" else v
 
 
 def _site_kind(option: str) -> str:
     return "int" if option in _INT else "float" if option in _FLOAT else "bool" if option == "learn_scale" else "str"
-
-
-def _train_kind(field: dataclasses.Field) -> str:
-    t = str(field.type)
-    return "int" if t.startswith("int") else "float" if t.startswith("float") else "bool" if t == "bool" else "str"
 
 
 @dataclass(frozen=True)
@@ -210,10 +215,34 @@ def validate(space: SearchSpace) -> dict[str, int]:
     return branches
 
 
+def shipped_spaces() -> dict[str, Path]:
+    """The spaces this package ships, by name: the `search.spaces` package data once installed, `spaces/` in a
+    checkout (where `spaces/__init__.py` makes it importable too)."""
+    from importlib.resources import files
+
+    try:
+        folder = Path(str(files("search.spaces")))
+    except ModuleNotFoundError:  # a checkout run without installing: the folder beside this package
+        folder = Path(__file__).resolve().parents[1] / "spaces"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def space_file(name_or_path: str | Path) -> Path:
+    """A space given as a path (`spaces/full.yaml`, `my.yaml`) or as a shipped space's name (`full`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_spaces()
+    key = path.stem if path.suffix in (".yaml", ".yml") and str(path.parent) in (".", "spaces") else str(path)
+    if key in shipped:
+        return shipped[key]
+    raise ValueError(f"space file {str(name_or_path)!r} does not exist and is not a shipped space; pass a YAML file "
+                     f"or one of {sorted(shipped)}")
+
+
 def load_space(path: str | Path) -> SearchSpace:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"space file {str(path)!r} does not exist; pick one of spaces/*.yaml or write your own")
+    """Load, check and compile a space from a YAML file or a shipped space's name (see `space_file`)."""
+    path = space_file(path)
     text = path.read_text(encoding="utf-8")
     try:
         raw = yaml.safe_load(text)
@@ -251,13 +280,12 @@ def parse_space(raw: Any, origin: str = "<space>", text: str = "") -> SearchSpac
         if len(reps) < 2 or missing:
             raise ValueError(f"tie groups need >= 2 sites listed under sites, got {group!r} (missing {missing})")
         tie.update({r: reps[0] for r in reps[1:]})
-    train_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    kinds = setting_kinds()  # the run configuration's settings (trainables.runconfig), epochs and eval_epochs included
     train: dict[str, Dim] = {}
     for key, value in (raw.get("train") or {}).items():
-        if key not in train_fields or key in ("task", "model", "data_dir", "out_dir"):
-            raise ValueError(f"train: unknown or reserved setting {key!r}; expected some of "
-                             f"{sorted(set(train_fields) - {'task', 'model', 'data_dir', 'out_dir'})}")
-        train[key] = _dim(f"train.{key}", value, _train_kind(train_fields[key]))
+        if key not in kinds:
+            raise ValueError(f"train: unknown or reserved setting {key!r}; expected some of {sorted(kinds)}")
+        train[key] = _dim(f"train.{key}", value, *kinds[key])
     presets = tuple(raw.get("presets") or ())
     for name in presets:
         get_preset(name)

@@ -39,7 +39,8 @@ def finish(client: Any, parent_id: str, tracking_uri: str, report_dir: str) -> N
     print(f"\n{len(df)} trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("finished", "stopped", "failed",
                                                                                    "skipped", "interrupted")
                                        if counts.get(s, 0) or s == "finished"))
-    print("Pareto-optimal designs (full fidelity; score up, stored parameter fraction down):")
+    print("Pareto-optimal designs (full fidelity; score of the selected checkpoint up, stored parameter fraction "
+          "down):")
     print(front_table(df))
     print(f"\nPlots, CSV and summary: {report_dir}\nBrowse it: mlflow ui --backend-store-uri {tracking_uri}  "
           f"(parent run {parent_id})")

@@ -148,7 +148,8 @@ class MlflowSearchCallback(Callback):
         if "score" not in result:
             return
         now, step = int(time.time() * 1000), int(result["step"])
-        keys = ["score", "loss", "eval_loss", "tokens_per_s", "elapsed_s"] + [k for k in result if
+        keys = ["score", "selected_score", "selected_step", "loss", "eval_loss", "tokens_per_s",
+                "elapsed_s"] + [k for k in result if
                                                                             k.startswith("metric.")]
         metrics = [Metric(k, float(result[k]), now, step) for k in keys if isinstance(result.get(k), (int, float))]
         self.client.log_batch(self._run_for(trial), metrics=metrics)
@@ -168,7 +169,7 @@ class MlflowSearchCallback(Callback):
         self.counts[state] += 1
         self._running.discard(trial.trial_id)
         if state == "finished" and result is not None:
-            self._front.append((float(result["score"]), float(trial.config["fraction"])))
+            self._front.append((float(result["selected_score"]), float(trial.config["fraction"])))
         self._refresh()
         self._progress(trial, state, result)
 
@@ -179,7 +180,7 @@ class MlflowSearchCallback(Callback):
 
         done = sum(self.counts.values())
         line = (f"[{done}/{self.num_samples}] {trial.trial_id} {state}"
-                + (f" score {result['score']:.4f}" if state == "finished" and result else "")
+                + (f" score {result['selected_score']:.4f}" if state == "finished" and result else "")
                 + (f" (reused from {result['reused_from']})" if result and result.get("reused_from") else "")
                 + f" @ {100 * float(trial.config['fraction']):.3f}% | {len(self._running)} running, "
                 + ", ".join(f"{v} {k}" for k, v in self.counts.items() if v))

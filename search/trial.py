@@ -18,11 +18,14 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainables.config import TrainConfig
 from trainables.design import DesignPoint
 from trainables.report import TrialFailure
+
+if TYPE_CHECKING:
+    from search.plan import TrialContext
 
 
 class ResultMemo:
@@ -81,10 +84,10 @@ class TrainReporter:
         ray.train.report(dict(metrics))
 
 
-def _train_config(config: Mapping[str, Any], settings: Mapping[str, Any], trial_id: str) -> TrainConfig:
-    out = Path(settings["trials_dir"]) / trial_id  # stable across restarts: a restarted trial resumes from it
-    return TrainConfig.for_task(settings["task"], model=settings.get("model"), data_dir=settings.get("data_dir"),
-                                out_dir=str(out), **{**settings.get("train", {}), **config["train"]})
+def _train_config(config: Mapping[str, Any], context: TrialContext, trial_id: str) -> TrainConfig:
+    """The trial's one TrainConfig: the search's resolved run with this trial's sampled settings."""
+    out = Path(context.trials_dir) / trial_id  # stable across restarts: a restarted trial resumes from it
+    return context.run.trial_config(config["train"], str(out))
 
 
 def _run(design: DesignPoint, cfg: TrainConfig, reporter: Any, fraction: float) -> dict[str, Any] | None:
@@ -97,43 +100,42 @@ def _run(design: DesignPoint, cfg: TrainConfig, reporter: Any, fraction: float) 
     return None
 
 
-def run_trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     import torch
     from ray import tune
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    torch.set_num_threads(max(1, int(settings.get("cpus_per_trial", 1))))
+    torch.set_num_threads(max(1, int(context.cpus_per_trial)))
     fraction = float(config["fraction"])
-    limit = settings.get("max_param_fraction")
+    limit = context.max_param_fraction
     if limit is not None and fraction > limit:
         tune.report({"over_budget": 1, "step": 0, "fraction": fraction})
         return
     design = DesignPoint.from_dict(config["design"])
     trial_id = tune.get_context().get_trial_id()
-    cfg = _train_config(config, settings, trial_id)
-    memo = None if settings.get("rerun_duplicates") else ResultMemo(
-        Path(settings["trials_dir"]).parent / "results", config, cfg, trial_id,
-        int(settings.get("workers_per_trial", 1)))
+    cfg = _train_config(config, context, trial_id)
+    memo = None if context.rerun_duplicates else ResultMemo(context.results_dir, config, cfg, trial_id,
+                                                            context.workers_per_trial)
     reused = memo.lookup() if memo else None
     if reused:
         tune.report(reused)
         return
-    if int(settings.get("workers_per_trial", 1)) > 1:
-        _run_distributed(design, cfg, settings, fraction, memo)
+    if context.workers_per_trial > 1:
+        _run_distributed(design, cfg, context, fraction, memo)
         return
     failure = _run(design, cfg, TuneReporter(memo), fraction)
     if failure:
         tune.report(failure)
 
 
-def _run_distributed(design: DesignPoint, cfg: TrainConfig, settings: Mapping[str, Any], fraction: float,
+def _run_distributed(design: DesignPoint, cfg: TrainConfig, context: TrialContext, fraction: float,
                      memo: ResultMemo | None) -> None:
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    workers, gpus = int(settings["workers_per_trial"]), float(settings.get("gpus_per_trial", 0))
+    workers, gpus = context.workers_per_trial, context.gpus_per_trial
 
     def worker_loop(loop_config: dict[str, Any]) -> None:
         failure = _run(DesignPoint.from_dict(loop_config["design"]), TrainConfig(**loop_config["cfg"]),
@@ -145,8 +147,8 @@ def _run_distributed(design: DesignPoint, cfg: TrainConfig, settings: Mapping[st
         worker_loop,
         train_loop_config={"design": design.to_dict(), "cfg": dataclasses.asdict(cfg) | {"engine": "deepspeed"}},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker={
-            "CPU": max(float(settings.get("cpus_per_trial", 1)) / workers, 0.01), **({"GPU": gpus} if gpus else {})}),
-        run_config=ray.train.RunConfig(name=tune.get_context().get_trial_id(), storage_path=settings["storage"],
+            "CPU": max(context.cpus_per_trial / workers, 0.01), **({"GPU": gpus} if gpus else {})}),
+        run_config=ray.train.RunConfig(name=tune.get_context().get_trial_id(), storage_path=context.storage,
                                        callbacks=[TuneReportCallback()]),
     )
     trainer.fit()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from search.scheduler import make_scheduler
@@ -24,36 +23,37 @@ def _init_ray(address: str | None, num_cpus: float | None) -> None:
                  log_to_driver=False)
 
 
-def fit(plan: Any, args: argparse.Namespace, searcher: Any, callback: Any) -> None:
-    """Run (or resume) the search; every outcome lands in MLflow through `callback`."""
+def fit(plan: Any, searcher: Any, callback: Any, resume: bool = False) -> None:
+    """Run (or resume) the search of a `search.plan.SearchPlan`; every outcome lands in MLflow through `callback`."""
     from ray import tune
 
     from search.trial import run_trial
 
-    _init_ray(args.address, None)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=plan.settings),
-                                    {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
-                                    if args.workers_per_trial <= 1 else {"cpu": 0.01})
+    _init_ray(plan.address, None)
+    trial = plan.trial
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=trial),
+                                    {"cpu": trial.cpus_per_trial, "gpu": trial.gpus_per_trial}
+                                    if trial.workers_per_trial <= 1 else {"cpu": 0.01})
     path = str(plan.storage / plan.name)
-    if args.resume:
+    if resume:
         # Trials that were running restart from their own resume state (trials/<id>/resume); finished ones stay.
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
     else:
-        scheduler = make_scheduler(args.scheduler, max_t=plan.max_steps,
-                                   grace_period=args.grace_period or plan.settings["train"].get("eval_every", 1),
-                                   reduction_factor=args.reduction_factor, bands_per_decade=args.bands_per_decade)
+        s = plan.schedule  # grace period and rungs on the resolved evaluation steps (search.plan)
+        scheduler = make_scheduler(s.kind, max_t=s.max_t, grace_period=s.grace_period,
+                                   reduction_factor=s.reduction_factor, bands_per_decade=s.bands_per_decade)
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples,
-                                        max_concurrent_trials=args.concurrency,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=plan.num_samples,
+                                        max_concurrent_trials=plan.concurrency,
                                         # A fresh worker costs ~1.5 s to launch plus ~4 s of torch/transformers
                                         # imports per trial; reusing it is safe because train() writes the final
                                         # checkpoint before its last report, the call inside which Ray's ASHA
                                         # ends a trial at max_t (benchmarks/results_search.md, section 1).
                                         reuse_actors=True),
             run_config=tune.RunConfig(name=plan.name, storage_path=str(plan.storage), callbacks=[callback],
-                                      failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                                      failure_config=tune.FailureConfig(max_failures=plan.max_failures),
                                       verbose=0),
         )
     tuner.fit()

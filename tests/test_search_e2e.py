@@ -90,9 +90,10 @@ def test_a_small_search_lands_in_mlflow_as_parent_and_children(tmp_path: Path,
 
 
 def test_failing_trials_are_recorded_as_failed_and_the_search_finishes(tmp_path: Path) -> None:
-    # lr 1e12 makes the loss explode within 3 steps (a TrialFailure); batch_size 0 makes the trial raise (a crash). With seed 2
-    # the sampler draws batch sizes [16, 0, 0, 16]: two of each kind.
-    space = write_space(tmp_path, {"lr": 1.0e12, "batch_size": [16, 0]})
+    # lr 1e12 makes the loss explode within 3 steps (a TrialFailure); a token budget of 1 makes the trial raise when it
+    # builds its batches (a crash; a value the plan cannot reject, as it depends on the token lengths). With seed 2
+    # the sampler draws max_tokens [None, 1, 1, None]: two of each kind.
+    space = write_space(tmp_path, {"lr": 1.0e12, "max_tokens": [None, 1]})
     code, client, parent_id = run(tmp_path, space, "--num-samples", "4", "--name", "failing", "--scheduler",
                                   "none", "--max-failures", "0", "--seed", "2")
     assert code == 0 and client.get_run(parent_id).info.status == "FINISHED"
@@ -101,11 +102,11 @@ def test_failing_trials_are_recorded_as_failed_and_the_search_finishes(tmp_path:
     for r in runs:
         assert r.data.tags["petl.status"] == "failed" and r.info.status == "FAILED"
         reason = r.data.tags["petl.failure"]
-        if int(r.data.params["train.batch_size"]) == 0:
-            assert reason == "ValueError: batch_size must be >= 1, got 0"
+        if r.data.params["train.max_tokens"] == "1":
+            assert reason.startswith("ValueError: every example must fit max_tokens=1, got length"), reason
         else:  # whichever the loop sees first: a non-finite loss or a smoothed loss 10x above its best
             assert reason.startswith(("loss is nan", "loss is inf", "loss diverged")), reason
-    assert {int(r.data.params["train.batch_size"]) for r in runs} == {0, 16}
+    assert {r.data.params["train.max_tokens"] for r in runs} == {"None", "1"}
 
 
 def test_a_search_killed_with_sigkill_resumes_with_no_trial_lost_or_repeated(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ def test_only_full_fidelity_trials_complete_early_stopped_are_pruned_failed_fail
     searcher = TruthfulOptunaSearch(space=space, max_steps=30, sampler=optuna.samplers.RandomSampler(seed=0))
     for tid in ("full", "stopped", "nan", "crash", "over"):
         searcher.suggest(tid)
-    searcher.on_trial_complete("full", {"step": 30, "score": 0.9, "fraction": 0.01})
+    # The front gets the selected checkpoint's score (0.9), not the last step's (0.85).
+    searcher.on_trial_complete("full", {"step": 30, "score": 0.85, "selected_score": 0.9, "fraction": 0.01})
     searcher.on_trial_complete("stopped", {"step": 10, "score": 0.99, "fraction": 0.001})
     searcher.on_trial_complete("nan", {"failed": 1, "failure": "loss is nan", "step": 3, "fraction": 0.1})
     searcher.on_trial_complete("crash", None, error=True)
@@ -205,7 +206,8 @@ def test_over_budget_designs_are_infeasible_to_the_sampler() -> None:
         if config["fraction"] > 0.01:
             searcher.on_trial_complete(tid, {"over_budget": 1, "step": 0, "fraction": config["fraction"]})
         else:
-            searcher.on_trial_complete(tid, {"step": 30, "score": 0.8, "fraction": config["fraction"]})
+            searcher.on_trial_complete(tid, {"step": 30, "score": 0.8, "selected_score": 0.8,
+                                             "fraction": config["fraction"]})
     assert {t.params["ffn.size"] for t in searcher.study.trials} == {4, 64}  # both kinds were drawn
     for t in searcher.study.trials:
         over = t.params["ffn.size"] == 64

@@ -1,0 +1,168 @@
+"""A search's plan: everything resolved and checked from the arguments before anything starts (no Ray, no weights).
+
+`plan(args)` loads the space, resolves the run configuration once (`trainables.runconfig.resolve_run`: task recipe →
+the space's fixed `train:` values → `--set`), prices a design against the model config, places the scheduler's
+rungs on the resolved evaluation steps, and returns a frozen `SearchPlan`. The driver runs it; `--dry-run` prints it;
+every trial receives its `TrialContext` and builds its one `TrainConfig` from `run` with its sampled settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.rungs import rung_steps
+from search.space import BranchWalker, SearchSpace, load_space
+from trainables.config import parse_overrides
+from trainables.counting import count_params
+from trainables.presets import load_presets
+from trainables.runconfig import RunConfig, resolve_run
+from trainables.tasks import Task
+
+
+class SearchError(ValueError):
+    """Bad input to a search, reported as one line before any compute is spent."""
+
+
+class SpaceSampler:
+    """Optuna define-by-run: sample a design, price it exactly, return constants (picklable for --resume)."""
+
+    def __init__(self, space: SearchSpace, config: Any, task_kind: str) -> None:
+        self.space, self.config, self.task_kind = space, config, task_kind
+        self.presets = {name: p.design for name, p in load_presets().items()}
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        design, train, preset = self.space.sample(trial)
+        counts = count_params(design, self.config, self.task_kind)
+        if hasattr(trial, "set_user_attr"):  # an Optuna trial (not a validation walker): read by BudgetConstraint
+            trial.set_user_attr("fraction", counts.fraction)
+        preset = preset or next((n for n, d in self.presets.items() if d == design), None)
+        return {"design": design.to_dict(), "train": train, "fraction": counts.fraction, "preset": preset,
+                "counts": {"trainable": counts.trainable, "stored": counts.stored, "paper": counts.paper}}
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a search reads: the resolved run and where and how it runs (one object, frozen)."""
+
+    run: RunConfig
+    trials_dir: str  # <storage>/<name>/trials: a trial's checkpoints and resume state under its id
+    results_dir: str  # <storage>/<name>/results: full-fidelity results by config hash (ResultMemo)
+    storage: str
+    max_param_fraction: float | None
+    rerun_duplicates: bool
+    cpus_per_trial: float
+    gpus_per_trial: float
+    workers_per_trial: int
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Early stopping in optimizer steps; `rungs` are the evaluation steps at which rungs decide."""
+
+    kind: str  # pareto | banded | asha | none
+    max_t: int
+    grace_period: int
+    reduction_factor: float
+    bands_per_decade: int
+    rungs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    space: SearchSpace
+    run: RunConfig
+    sampler: SpaceSampler
+    schedule: Schedule
+    trial: TrialContext
+    name: str
+    storage: Path
+    tracking_uri: str
+    experiment: str
+    num_samples: int
+    concurrency: int
+    max_failures: int
+    address: str | None
+    sampler_kind: str  # tpe | nsga2
+    seed: int
+
+    @property
+    def task(self) -> Task:
+        return self.run.task
+
+    @property
+    def max_steps(self) -> int:
+        return self.run.train.max_steps
+
+
+def storage_folder(storage: str) -> Path:
+    """A folder every node can reach (local disk for one machine, NFS or a mounted bucket for a cluster).
+
+    Trials write their PETL checkpoints and resume state with plain file I/O next to Ray's experiment state, so
+    object-store URIs are refused rather than half-supported: mount the bucket and pass the mount point.
+    """
+    if storage.startswith("file://"):
+        storage = storage.removeprefix("file://")
+    elif "://" in storage:
+        raise SearchError(f"--storage must be a folder reachable by every node (e.g. an NFS mount), got the URI "
+                          f"{storage!r}; mount the bucket (s3fs, gcsfuse) and pass the mount point")
+    return Path(storage).expanduser().resolve()
+
+
+def plan(args: argparse.Namespace) -> SearchPlan:
+    """Resolve and check everything; raises SearchError (one line) on bad input."""
+    from trainables.models import config_for
+
+    try:
+        space = load_space(args.space)
+        task_name = args.dataset or space.task or "toy-cls"
+        overrides = parse_overrides(args.set)
+        fixed = {k: d.values[0] for k, d in space.train.items() if d.kind == "fixed"}
+        # --set wins over the space: a setting it fixes is no longer sampled
+        sampled = {k: d for k, d in space.train.items() if d.kind != "fixed" and k not in overrides}
+        run = resolve_run(task_name, model=args.model or space.model, data_dir=args.data_dir, space=fixed,
+                          overrides=overrides, sampled={k: _candidates(d) for k, d in sampled.items()},
+                          world=args.workers_per_trial)
+        model_config = config_for(run.task, run.train.model)
+        schedule = _schedule(args, run)
+        if args.num_samples < 1 or args.concurrency < 1:
+            raise SearchError(f"--num-samples and --concurrency must be >= 1, got {args.num_samples}, "
+                              f"{args.concurrency}")
+        space = dataclasses.replace(space, train=sampled)  # fixed settings live in `run`; the sampler samples the rest
+        sampler = SpaceSampler(space, model_config, run.task.kind)
+        sampler(BranchWalker([]))  # prices one design now: the model family must fit, and the meta statistics build
+    except ValueError as err:
+        raise SearchError(str(err)) from None
+    name = args.name or f"{Path(args.space).stem}-{run.task.name}"
+    storage = storage_folder(args.storage)
+    trial = TrialContext(run=run, trials_dir=str(storage / name / "trials"), results_dir=str(storage / name / "results"),
+                         storage=str(storage), max_param_fraction=args.max_param_fraction,
+                         rerun_duplicates=args.rerun_duplicates, cpus_per_trial=args.cpus_per_trial,
+                         gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial)
+    return SearchPlan(space=space, run=run, sampler=sampler, schedule=schedule, trial=trial, name=name,
+                      storage=storage, tracking_uri=args.tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}",
+                      experiment=args.experiment or name, num_samples=args.num_samples, concurrency=args.concurrency,
+                      max_failures=args.max_failures, address=args.address, sampler_kind=args.sampler, seed=args.seed)
+
+
+def _candidates(dim: Any) -> tuple[Any, ...]:
+    """The values a sampled dimension can take that bound its validity: a range's ends, or every choice."""
+    return (dim.low, dim.high) if dim.kind in ("int", "float") else tuple(dim.values)
+
+
+def _schedule(args: argparse.Namespace, run: RunConfig) -> Schedule:
+    """ASHA's grace period defaults to the resolved evaluation interval: a trial can only be judged where it reports."""
+    every, max_t = run.train.eval_every, run.train.max_steps
+    grace = args.grace_period if args.grace_period is not None else every
+    if args.scheduler != "none" and (grace < 1 or grace % every):
+        raise SearchError(f"--grace-period must be a positive multiple of the evaluation interval ({every:,} steps: "
+                          f"{run.interval}), because trials report only when they evaluate; got {grace}")
+    rungs = () if args.scheduler == "none" else tuple(rung_steps(max_t, grace, args.reduction_factor, every))
+    return Schedule(kind=args.scheduler, max_t=max_t, grace_period=grace, reduction_factor=args.reduction_factor,
+                    bands_per_decade=args.bands_per_decade, rungs=rungs)
+
+
+__all__ = ["SearchError", "SearchPlan", "Schedule", "SpaceSampler", "TrialContext", "plan", "storage_folder"]
