@@ -1,4 +1,4 @@
-"""The paper's named methods, loaded from `spaces/presets.yaml` (presets are data, not code branches)."""
+"""The paper's named methods, loaded from `trainables/presets.yaml` (presets are data, not code branches; package data)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import yaml
 
 from trainables.design import DesignPoint
 
-PRESETS_FILE = Path(__file__).resolve().parents[1] / "spaces" / "presets.yaml"
+PRESETS_FILE = Path(__file__).resolve().parent / "presets.yaml"
 
 
 @dataclass(frozen=True)
@@ -49,5 +49,5 @@ def load_presets(path: Path = PRESETS_FILE) -> dict[str, Preset]:
 def get_preset(name: str) -> Preset:
     presets = load_presets()
     if name not in presets:
-        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(presets)} (see spaces/presets.yaml)")
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(presets)} (see petl-count --list-presets)")
     return presets[name]
