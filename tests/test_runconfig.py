@@ -72,7 +72,7 @@ def test_en_ro_plan_is_the_recipe(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert (t["lr"], t["label_smoothing"], t["weight_decay"], t["schedule"]) == (5e-5, 0.1, 0.01, "polynomial")
     assert p["data"] == {"source": "hub", "where": "wmt16/ro-en", "train_rows": 610_320, "eval_rows": 1_600,
                          "basis": "recorded size: seed_spec §4 (HF wmt16 ro-en)"}
-    assert p["sampled"] == ["lr"] and p["origin"]["lr"] == "recipe" and p["trials"] == 8
+    assert p["sampled"] == ["lr"] and p["origin"]["lr"] == "space (sampled)" and p["trials"] == 8
     mam = next(c for c in p["cost"]["per_trial"] if c["design"] == "mam")
     # Bound basis: 4 full micro-batches of 4,096 source + 4,096 target tokens per step, 50,000 steps.
     assert mam["tokens"] == 4 * 2 * 4096 * 50_000 and p["cost"]["basis"].startswith("bound")

@@ -61,8 +61,9 @@ def run_lines(plan: dict[str, Any]) -> list[str]:
              "score is reported beside it",
              "settings  (origin: recipe < space < --set; * sampled per trial)"]
     for key in sorted(plan["origin"]):
-        mark = "*" if key in plan["sampled"] else " "
-        lines.append(f"  {mark} {key:<18} {t[key]!s:<24} {plan['origin'][key]}")
+        sampled = key in plan["sampled"]
+        value = "sampled per trial" if sampled else str(t[key])
+        lines.append(f"  {'*' if sampled else ' '} {key:<18} {value:<24} {plan['origin'][key]}")
     return lines
 
 

@@ -54,7 +54,8 @@ class DataPlan:
 @dataclass(frozen=True)
 class RunConfig:
     train: TrainConfig  # resolved; a sampled setting holds its resolved (unsampled) value here
-    origin: Mapping[str, str]  # setting -> the layer that set it ("recipe", "space", "--set") or "default"
+    origin: Mapping[str, str]  # setting -> the layer that set it ("recipe", "space", "--set"), "default" (no layer
+    # sets it: TrainConfig's default) or "space (sampled)" (each trial's own value; `train` holds the resolved one)
     data: DataPlan
     length: str  # how max_steps was reached, in words
     interval: str  # how eval_every was reached
@@ -101,8 +102,8 @@ def resolve_run(task_name: str, *, model: str | None = None, data_dir: str | Non
     settings = {k: v for k, v in values.items() if k not in EPOCH_KEYS}
     train = TrainConfig.from_mapping({**settings, "task": task.name, "model": model, "data_dir": data_dir,
                                       "max_steps": max_steps, "eval_every": eval_every})
-    origin = {f.name: origin.get(f.name, "default") for f in dataclasses.fields(TrainConfig)
-              if f.name not in RESERVED}
+    origin = {f.name: "space (sampled)" if f.name in sampled else origin.get(f.name, "default")
+              for f in dataclasses.fields(TrainConfig) if f.name not in RESERVED}
     return RunConfig(train=train, origin=origin, data=data, length=length, interval=interval, world=world,
                      sampled=tuple(sampled))
 
