@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
-from trainables.design import Backbone, DesignPoint, Representation
+from trainables.design import Backbone, DesignPoint
 from trainables.sitemap import AttnSlot, Dims, StackMap, dims, family_of, width
 
 # Peak dense bf16 FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name(); first match wins. NVIDIA data
