@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelF
 from trainables.configs import load_config
 from trainables.count import main as count_main
 from trainables.counting import count_params
-from trainables.design import DesignPoint
+from trainables.design import Backbone, DesignPoint
 from trainables.inject import fold_prefixes, inject
 from trainables.petl.base import petl_named_parameters
 from trainables.presets import get_preset, load_presets
@@ -68,6 +68,11 @@ def test_analytic_counts_equal_the_injected_model_for_every_preset(model_type: s
                                                               else "causal")
     for name, preset in load_presets().items():
         model = AUTO[task].from_config(config)
+        if preset.design.backbone is Backbone.BIAS and model_type in ("llama", "mistral"):  # no bias vectors at all
+            for refuse in (lambda: inject(model, preset.design), lambda: count_params(preset.design, config, task)):
+                with pytest.raises(ValueError, match=rf"backbone=bias \(BitFit\) .* type '{model_type}' has none"):
+                    refuse()
+            continue
         if preset.design.prompt_length and task == "causal":
             with pytest.raises(ValueError, match=r"prompt tuning needs an encoder input .* is decoder-only"):
                 inject(model, preset.design)
