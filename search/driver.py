@@ -68,7 +68,7 @@ def storage_folder(storage: str) -> Path:
 
 
 def plan(args: argparse.Namespace) -> Plan:
-    from trainables.models import config_for
+    from trainables.models import check_lengths, config_for
     from trainables.tasks import get_task
 
     try:
@@ -81,6 +81,7 @@ def plan(args: argparse.Namespace) -> Plan:
         cfg = TrainConfig.for_task(task.name, model=args.model or space.model, data_dir=args.data_dir,
                                    **fixed, **probe)  # validates every fixed setting and the sampled ones' types
         model_config = config_for(task, cfg.model)
+        check_lengths(task, model_config, cfg.max_length, cfg.max_target_length)  # before Ray starts
         if args.num_samples < 1 or args.concurrency < 1:
             raise SearchError(f"--num-samples and --concurrency must be >= 1, got {args.num_samples}, "
                               f"{args.concurrency}")

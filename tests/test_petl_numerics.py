@@ -96,7 +96,7 @@ def test_prefix_sets_are_separate_per_attention_kind_and_fold_exactly() -> None:
     x = batch()
     before = model(**x).logits
     fold_prefixes(model)
-    assert all(p.table is not None and not hasattr(p, "mlp") for p in model.model.decoder.petl_prefix.values())
+    assert all(p.table is not None and not hasattr(p, "out") for p in model.model.decoder.petl_prefix.values())
     torch.testing.assert_close(model(**x).logits, before, atol=1e-6, rtol=1e-6)
 
 

@@ -211,3 +211,73 @@ def test_multi_head_adapter_branch_takes_the_attention_dropout(p: float) -> None
     assert bool((dropped | torch.isclose(ratio, torch.tensor(1 / (1 - p)), rtol=1e-4)).all())
     frac = dropped.float().mean().item()
     assert frac == 0.0 if p == 0 else 0.4 < frac < 0.6, frac
+
+
+# ---- item 3: prompt tuning joins after the position embeddings ------------------------------------------------------
+def norm_input(model: torch.nn.Module, path: str) -> dict[str, torch.Tensor]:
+    seen: dict[str, torch.Tensor] = {}
+    get_path(model, path).register_forward_pre_hook(lambda m, a: keep(seen, "e", a[0]))  # after ours: sees P too
+    return seen
+
+
+@pytest.mark.parametrize("model_type", ["bart", "mbart"])
+def test_prompt_vectors_precede_the_summed_embeddings_and_take_no_position(model_type: str) -> None:
+    # Official code: cat(P, embed_tokens(ids)·scale + embed_positions) before layernorm_embedding; the real tokens keep
+    # positions 0..T-1 (BART's learned table is offset by 2 rows).
+    model = build(model_type).eval()
+    inject(model, DesignPoint(prompt_length=5))
+    enc = model.model.encoder
+    seen = norm_input(model, "model.encoder.layernorm_embedding")
+    x = inputs(model_type)
+    model(**x)
+    e = enc.embed_tokens(x["input_ids"]) + enc.embed_positions.weight[2:2 + T]
+    torch.testing.assert_close(seen["e"], torch.cat([enc.layernorm_embedding.petl_prompt.vectors.expand(B, -1, -1), e],
+                                                    dim=1), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "bert"])
+def test_prompt_vectors_follow_the_first_token_and_keep_every_position_and_token_type(model_type: str) -> None:
+    # Encoder-only: [e_0, P, e_1, ..., e_{T-1}] with e_t = word(id_t) + position + token type as without a prompt:
+    # RoBERTa numbers real tokens from padding_idx + 1 and gives padding padding_idx; BERT numbers from 0.
+    model = AutoModelForSequenceClassification.from_config(tiny_config(model_type, type_vocab_size=2)).eval()
+    inject(model, DesignPoint(prompt_length=5))
+    base = model.base_model
+    seen = norm_input(model, f"{model.base_model_prefix}.embeddings.LayerNorm")
+    ids = torch.randint(5, 128, (B, T))
+    ids[1, -3:] = 1  # padding in the second row
+    mask = (ids != 1).long()
+    types = torch.zeros_like(ids)
+    types[:, T // 2:] = 1
+    model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    emb = base.embeddings
+    if model_type == "roberta":
+        pos = torch.cumsum(mask, dim=1) * mask + 1  # padding_idx = 1
+    else:
+        pos = torch.arange(T).expand(B, T)
+    e = emb.word_embeddings(ids) + emb.position_embeddings(pos) + emb.token_type_embeddings(types)
+    prompt = emb.LayerNorm.petl_prompt.vectors.expand(B, -1, -1)
+    torch.testing.assert_close(seen["e"], torch.cat([e[:, :1], prompt, e[:, 1:]], dim=1), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ["bart", "roberta"])
+def test_prompt_tuning_keeps_padding_masked(model_type: str) -> None:
+    # Padding must stay invisible with the (T + l)-long masks: BART's encoder gets a finished 4-D mask, its decoder a
+    # widened cross-attention mask; RoBERTa a widened 2-D mask.
+    model = build(model_type).eval()
+    inject(model, DesignPoint(prompt_length=5))
+    x = inputs(model_type)
+    ids = x["input_ids"][:1]
+    padded = torch.cat([ids, torch.ones(1, 4, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, T), torch.zeros(1, 4)], dim=1).long()
+    extra = {"decoder_input_ids": x["decoder_input_ids"][:1]} if model_type == "bart" else {}
+    torch.testing.assert_close(model(input_ids=ids, **extra).logits,
+                               model(input_ids=padded, attention_mask=mask, **extra).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_length_does_not_count_against_the_position_table() -> None:
+    # Before, prompts took positions: l = 200 plus 100 tokens overflowed RoBERTa's 256-position tiny table with an
+    # index error mid-trial. Now only the input needs positions (see test_models for the refusal of long inputs).
+    model = build("roberta").eval()
+    inject(model, DesignPoint(prompt_length=200))
+    out = model(input_ids=torch.randint(5, 128, (1, 100)), output_hidden_states=True)
+    assert out.hidden_states[-1].shape == (1, 300, D)

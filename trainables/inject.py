@@ -31,7 +31,7 @@ class Injection:
 
     design: DesignPoint
     family: FamilyMap
-    model: nn.Module
+    model: nn.Module = field(repr=False)
     handles: list[Any] = field(default_factory=list)
     added: list[str] = field(default_factory=list)  # names of the PetlModules, as named_modules() gives them
     placed: list[tuple[nn.Module, str]] = field(default_factory=list)
@@ -202,12 +202,15 @@ def check_structure(model: nn.Module, fam: FamilyMap) -> None:
 def inject(model: nn.Module, dp: DesignPoint) -> Injection:
     """Add the design's modules to `model` (in place), keep its train/eval mode, and fix which parameters train.
 
-    Raises ValueError, before changing anything, for an unsupported model type or class and for BitFit on a
-    backbone without biases.
+    Raises ValueError, before changing anything, for an unsupported model type or class, a model that already
+    carries a design, and BitFit on a backbone without biases.
     """
     from trainables.counting import check_bitfit
 
     fam = family_of(model.config)
+    if any(isinstance(m, PetlModule) for m in model.modules()):
+        raise ValueError(f"this {type(model).__name__} already carries PETL modules (a design was injected); call "
+                         "remove() on its Injection first, or inject into a fresh copy of the pretrained model")
     check_structure(model, fam)
     check_bitfit(dp, model.config, sum(1 for n, _ in _backbone_params(model, fam) if n.endswith(".bias")))
     inj = Injection(design=dp, family=fam, model=model, attn_implementation=attn_implementation(model.config),

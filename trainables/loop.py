@@ -116,7 +116,7 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
     reporter = reporter or NullReporter()
     seed_everything(cfg.seed)
     task = cfg.resolved_task()
-    model, tokenizer = build(task, design, cfg.model)
+    model, tokenizer = build(task, design, cfg.model, cfg.max_length, cfg.max_target_length)
     inject(model, design)
     counts = count_params(design, model.config, task.kind)
     train_items, eval_items, collate = prepare_data(task, tokenizer, cfg)

@@ -37,33 +37,52 @@ class PrefixKV(PetlModule):
     """P_k, P_v for the `n` attention modules of one kind (encoder self, decoder self or cross attention).
 
     With `mlp > 0` they are reparametrised as in Li & Liang (the official code's `Prefix`): an embedding of the l
-    positions → Linear(d, mlp) → tanh → Linear(mlp, n·2·kv_heads·d_h), shared across layers; only the stored
-    vectors count after training (`fold`). Returns (n, 2, kv_heads, l, d_h).
+    positions → Linear(d, mlp) → tanh → Linear(mlp, n·2·kv_heads·d_h), the last Linear the only layer-specific part;
+    only the stored vectors count after training (`fold`). forward(i) returns module i's (2, kv_heads, l, d_h).
+
+    The last Linear is kept as n row blocks Linear(mlp, 2·kv_heads·d_h) (the same parameters and values), and
+    each module's prefix is computed through module calls on its own: its autograd graph is then its own (re-entrant
+    gradient checkpointing backpropagates layer by layer) and ZeRO-3 gathers every weight it reads.
     """
 
     def __init__(self, n: int, l: int, kv_heads: int, head_dim: int, d_model: int, mlp: int) -> None:
         super().__init__()
         self.shape = (n, 2, kv_heads, l, head_dim)
         if mlp > 0:
+            self.register_buffer("index", torch.arange(l), persistent=False)
             self.embed = nn.Embedding(l, d_model)
-            self.mlp = nn.Sequential(nn.Linear(d_model, mlp), nn.Tanh(), nn.Linear(mlp, n * 2 * kv_heads * head_dim))
+            self.hidden = nn.Sequential(nn.Linear(d_model, mlp), nn.Tanh())
+            self.out = _blocks(nn.Linear(mlp, n * 2 * kv_heads * head_dim), n)
             self.table = None
         else:
             self.table = nn.Parameter(torch.randn(self.shape) * 0.02)
 
-    def forward(self) -> Tensor:
+    def forward(self, i: int) -> Tensor:
         if self.table is not None:
-            return self.table
-        n, two, kv, l, hd = self.shape
-        flat = self.mlp(self.embed.weight)  # (l, n·2·kv·d_h)
-        return flat.view(l, n, two, kv, hd).permute(1, 2, 3, 0, 4)
+            return self.table[i]
+        _, two, kv, l, hd = self.shape
+        flat = self.out[i](self.hidden(self.embed(self.index)))  # (l, 2·kv·d_h)
+        return flat.view(l, two, kv, hd).permute(1, 2, 0, 3)
 
     @torch.no_grad()
     def fold(self) -> None:
         """Replace the MLP by the vectors it produces: what is stored and served after training."""
         if self.table is None:
-            self.table = nn.Parameter(self.forward().detach().clone())
-            del self.embed, self.mlp
+            self.table = nn.Parameter(torch.stack([self(i) for i in range(self.shape[0])]).clone())
+            del self.embed, self.hidden, self.out, self.index
+
+
+def _blocks(linear: nn.Linear, n: int) -> nn.ModuleList:
+    """`linear` split by output rows into n Linear blocks with its values (its init draws, as in the official code)."""
+    width = linear.out_features // n
+    blocks = nn.ModuleList()
+    for i in range(n):
+        block = torch.nn.utils.skip_init(nn.Linear, linear.in_features, width)
+        with torch.no_grad():
+            block.weight.copy_(linear.weight[i * width:(i + 1) * width])
+            block.bias.copy_(linear.bias[i * width:(i + 1) * width])
+        blocks.append(block)
+    return blocks
 
 
 class HeadSite(PetlModule):
@@ -187,17 +206,17 @@ def attn_input_hook(name: str, module: nn.Module, args: tuple[Any, ...], kwargs:
 
 
 def prefix_hook(kind: str, layers: str, attn: str, module: nn.Module, args: Any) -> None:
-    """Pre-hook on a stack: one reparametrisation pass for the stack's `kind` prefixes, handed to each layer's
-    HeadSite for this forward (the stack's own modules: a copy or a replica uses its own prefix)."""
+    """Pre-hook on a stack: hand each layer's HeadSite its `kind` prefix for this forward (the stack's own modules,
+    so a copy or a replica uses its own prefix)."""
     store = getattr(module, "petl_prefix", None)
     if store is None or kind not in store:
         return
     check_attn_implementation(module.config)
-    p = store[kind]()  # (n, 2, kv, l, d_h)
     for i, layer in enumerate(get_path(module, layers)):
         head = getattr(get_path(layer, attn), "petl_head", None)
         if head is not None:
-            head.prefix = (p[i, 0], p[i, 1])
+            p = store[kind](i)  # (2, kv, l, d_h)
+            head.prefix = (p[0], p[1])
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, petl_attention)

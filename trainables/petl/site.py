@@ -91,7 +91,7 @@ class SublayerSite(PetlModule):
         self.scale = Scale(spec.scale, spec.learn_scale) if spec.composition is Composition.SCALED else None
         self.parallel = spec.insertion is Insertion.PARALLEL
         self._x = CallState()  # the sub-layer input x of the current call (parallel insertion)
-        self._dropout_p = 0.0  # the layer's functional output dropout of the current call (BART-style FFNs)
+        self._dropout = (0.0, False)  # (rate, training) of the layer's functional output dropout (BART-style FFNs)
 
     def forward(self, h: Tensor, x: Tensor) -> Tensor:
         dh = self.delta(x)
@@ -141,7 +141,7 @@ def link_hook(name: str, paths: tuple[str, ...], dropout_attr: str | None, modul
         if child.__dict__.get(LINK + name) is not site:
             link(child, name, site)
     if dropout_attr is not None:
-        site._dropout_p = float(getattr(module, dropout_attr))
+        site._dropout = (float(getattr(module, dropout_attr)), module.training)
 
 
 def ffn_output_hook(name: str, functional_dropout: bool, module: nn.Module, args: tuple[Any, ...], out: Tensor) -> Any:
@@ -153,7 +153,7 @@ def ffn_output_hook(name: str, functional_dropout: bool, module: nn.Module, args
     checkpointing's recompute see the same mask.
     """
     site = linked(module, name)
-    h = F.dropout(out, site._dropout_p, module.training) if functional_dropout else out
+    h = F.dropout(out, *site._dropout) if functional_dropout else out
     y = site(h, site.take_input() if site.parallel else h)
     return y.as_subclass(DroppedOut) if functional_dropout else y
 
