@@ -118,6 +118,36 @@ def test_sequential_ffn_adapter_reads_and_joins_the_dropped_ffn_output(model_typ
     torch.testing.assert_close(seen["s"] - seen["x"], a0.expand_as(seen["x"]), atol=1e-5, rtol=1e-5)
 
 
+class _Identity(torch.autograd.Function):
+    """What DeepSpeed ZeRO-3's forward hooks apply to every module output."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.detach()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def test_bart_ffn_adapter_stays_after_the_dropout_when_other_hooks_wrap_fc2() -> None:
+    # BART's FFN site applies the layer's F.dropout itself and marks its output so the layer's own call is the
+    # identity; a hook registered later (ZeRO-3 registers its own after injection) must not lose that mark, or the
+    # output would be dropped twice and Δh with it.
+    model = build("bart").train()
+    inject(model, DesignPoint(ffn=adapter(Insertion.SEQUENTIAL)))
+    layer = model.model.encoder.layers[0]
+    with torch.no_grad():
+        layer.fc2.weight.zero_()
+        layer.fc2.bias.zero_()
+        layer.petl_ffn.delta.up.bias.normal_()
+    layer.fc2.register_forward_hook(lambda m, a, o: _Identity.apply(o))
+    seen = taps(model, "bart")
+    model(**inputs("bart"))
+    a0 = hand_delta(layer.petl_ffn, torch.zeros(D), 2.0)
+    torch.testing.assert_close(seen["s"] - seen["x"], a0.expand_as(seen["x"]), atol=1e-5, rtol=1e-5)
+
+
 def test_llama_parallel_ffn_adapter_reads_the_residual_stream() -> None:
     # Pre-LN like mBART (no dropout in Llama's MLP): out = x + MLP(RMSNorm(x)) + s·Δ(x), x un-normalised.
     model = build("llama").eval()
