@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers.masking_utils import create_bidirectional_mask
 
 from trainables.petl.base import PetlModule
 
@@ -59,6 +58,8 @@ def _widen(mask: Tensor, n: int, at: int) -> Tensor:
 def encoder_mask_hook(l: int, at: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """Pre-hook on an encoder that builds its mask from the T-long input embeddings (BART/mBART): hand it the
     (T + l)-long mask already in the form its attention implementation wants (transformers passes 4-D masks on)."""
+    from transformers.masking_utils import create_bidirectional_mask  # where BART's own encoder builds its mask
+
     call = _bind(module, args, kwargs)
     mask = call.get("attention_mask")
     if mask is not None:
