@@ -41,8 +41,9 @@ class PrefixKV(PetlModule):
     only the stored vectors count after training (`fold`). forward(i) returns module i's (2, kv_heads, l, d_h).
 
     The last Linear is kept as n row blocks Linear(mlp, 2·kv_heads·d_h) (the same parameters and values), and
-    each module's prefix is computed through module calls on its own: its autograd graph is then its own (re-entrant
-    gradient checkpointing backpropagates layer by layer) and ZeRO-3 gathers every weight it reads.
+    each module's prefix is computed on its own: its autograd graph is then its own (re-entrant gradient
+    checkpointing backpropagates layer by layer), and every weight is read through its module's call, where
+    per-module parameter hooks (DeepSpeed ZeRO-3's gathering) expect it.
     """
 
     def __init__(self, n: int, l: int, kv_heads: int, head_dim: int, d_model: int, mlp: int) -> None:
