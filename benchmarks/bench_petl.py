@@ -47,10 +47,14 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the checkout this script lives in, before an installed copy (`python benchmarks/x.py` puts only benchmarks/ on
+# sys.path; an editable install elsewhere would otherwise be measured instead)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402

@@ -47,6 +47,9 @@ from sst2_results import merge, table, verdicts, write_results
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the checkout this script lives in, before an installed copy (`python benchmarks/x.py` puts only benchmarks/ on
+# sys.path; an editable install elsewhere would otherwise be measured instead)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results_sst2.md"

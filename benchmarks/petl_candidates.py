@@ -145,15 +145,9 @@ def ours(bench: Bench, name: str, dp: DesignPoint, counterpart: str | None = Non
 def ours_decoder_self_only(bench: Bench, name: str, dp: DesignPoint, counterpart: str) -> Candidate:
     """Our prefix, injected normally, then stripped of its encoder-self and cross-attention sites: PEFT's coverage."""
     model = copy.deepcopy(bench.base)
-    inj = inject(model, dp)
+    inject(model, dp)
     enc, dec = model.model.encoder, model.model.decoder
-    drop = [enc.petl_prefix["encoder"], dec.petl_prefix["cross"]]
-    for h in list(inj.handles):  # the stack pre-hooks that compute those prefixes (their closure defaults hold them)
-        hooks = h.hooks_dict_ref()
-        fn = hooks.get(h.id) if hooks is not None else None
-        if fn is not None and any(p is d for p in (getattr(fn, "__defaults__", None) or ()) for d in drop):
-            h.remove()
-            inj.handles.remove(h)
+    # the stacks' prefix pre-hooks skip a kind whose PrefixKV is gone (trainables.petl.prefix.prefix_hook)
     del enc.petl_prefix["encoder"], dec.petl_prefix["cross"]
     for layer in enc.layers:
         del layer.self_attn.petl_head

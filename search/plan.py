@@ -114,7 +114,7 @@ def storage_folder(storage: str) -> Path:
 
 def plan(args: argparse.Namespace) -> SearchPlan:
     """Resolve and check everything; raises SearchError (one line) on bad input."""
-    from trainables.models import config_for
+    from trainables.models import check_lengths, config_for
 
     try:
         space = load_space(args.space)
@@ -127,6 +127,7 @@ def plan(args: argparse.Namespace) -> SearchPlan:
                           overrides=overrides, sampled={k: _candidates(d) for k, d in sampled.items()},
                           world=args.workers_per_trial)
         model_config = config_for(run.task, run.train.model)
+        check_lengths(run.task, model_config, run.train.max_length, run.train.max_target_length)  # before Ray starts
         schedule = _schedule(args, run)
         if args.num_samples < 1 or args.concurrency < 1:
             raise SearchError(f"--num-samples and --concurrency must be >= 1, got {args.num_samples}, "

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelF
 from trainables.configs import load_config
 from trainables.count import main as count_main
 from trainables.counting import count_params
-from trainables.design import DesignPoint
+from trainables.design import Backbone, DesignPoint
 from trainables.inject import fold_prefixes, inject
 from trainables.petl.base import petl_named_parameters
 from trainables.presets import get_preset, load_presets
@@ -68,6 +68,11 @@ def test_analytic_counts_equal_the_injected_model_for_every_preset(model_type: s
                                                               else "causal")
     for name, preset in load_presets().items():
         model = AUTO[task].from_config(config)
+        if preset.design.backbone is Backbone.BIAS and model_type in ("llama", "mistral"):  # no bias vectors at all
+            for refuse in (lambda: inject(model, preset.design), lambda: count_params(preset.design, config, task)):
+                with pytest.raises(ValueError, match=rf"backbone=bias \(BitFit\) .* type '{model_type}' has none"):
+                    refuse()
+            continue
         if preset.design.prompt_length and task == "causal":
             with pytest.raises(ValueError, match=r"prompt tuning needs an encoder input .* is decoder-only"):
                 inject(model, preset.design)
@@ -127,3 +132,38 @@ def test_unsupported_model_type_is_named() -> None:
 
     with pytest.raises(ValueError, match=r"model type 't5' has no site map.*supported model types: \['bart', 'bert'"):
         count_params(get_preset("mam").design, T5Config(d_model=16, num_layers=1, num_heads=2, d_ff=32, d_kv=8))
+
+
+COMPOSITE = [
+    {"head_attn": {"form": "relu", "size": 3, "composition": "scaled", "scale": 2.0, "learn_scale": True,
+                   "prefix_mlp": 8},
+     "attn": {"form": "gelu", "size": 5, "insertion": "parallel", "layernorm": "out", "composition": "scaled",
+              "scale": 2.0, "learn_scale": True},
+     "ffn": {"form": "relu", "size": 4, "insertion": "sequential", "layernorm": "in"},
+     "value": {"form": "identity", "size": 2, "composition": "scaled", "scale": 2.0, "learn_scale": True}},
+    {"attn": {"form": "relu", "size": 5, "insertion": "sequential", "layernorm": "in"},
+     "ffn": {"form": "relu", "size": 4, "insertion": "parallel", "layernorm": "out"},
+     "fc1": {"form": "identity", "size": 2}, "backbone": "bias"},
+]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"head_dim": 16}], ids=["d", "wide-heads"])
+@pytest.mark.parametrize("model_type", TINY_TYPES)
+def test_analytic_counts_equal_the_injected_model_for_composite_designs(model_type: str, overrides: dict) -> None:
+    # Every site kind with its LayerNorms and learned scales; "wide-heads" (Llama family: H·d_h = 64 ≠ d = 32) makes
+    # the parallel attention adapter's output, which joins the head outputs before W_o, H·d_h wide.
+    if overrides and model_type not in ("llama", "mistral", "qwen2"):
+        pytest.skip("head_dim is a free parameter only in the Llama family")
+    config = tiny_config(model_type, **overrides)
+    task = "seq2seq" if model_type in ("bart", "mbart") else ("classification" if model_type in ("bert", "roberta")
+                                                              else "causal")
+    for raw in COMPOSITE:
+        dp = DesignPoint.from_dict(raw)
+        if dp.backbone is Backbone.BIAS and model_type in ("llama", "mistral"):
+            continue
+        model = AUTO[task].from_config(config)
+        inject(model, dp)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert trainable == count_params(dp, config, task).trainable, (model_type, raw)
+        model(input_ids=torch.randint(5, 100, (2, 6)), **({"decoder_input_ids": torch.randint(5, 100, (2, 3))}
+                                                            if task == "seq2seq" else {}))

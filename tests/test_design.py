@@ -32,6 +32,9 @@ RELU = dict(form=Form.RELU, size=8)
          r"site head_attn: .* insertion must be parallel, got insertion=sequential"),
         (dict(head_attn=SiteSpec(form=Form.SOFTMAX, size=8, init=Init.LORA)),
          r"site head_attn: init applies to bottleneck matrices.*got init=lora; remove it"),
+        (dict(head_attn=SiteSpec(form=Form.RELU, size=8, dropout=0.1)),
+         r"^site head_attn: the per-head branch's weights take the attention's own dropout \(as in the official "
+         r"code\), got dropout=0\.1; remove it \(the model's attention dropout sets that rate\)$"),
         (dict(attn=SiteSpec(**RELU, prefix_mlp=64)),
          r"site attn: prefix_mlp reparametrises prefix vectors and exists only at head_attn, got prefix_mlp=64"),
         (dict(ffn=SiteSpec(**RELU, composition=Composition.GATED)),

@@ -55,7 +55,9 @@ def tiny_bart_dir(tmp_path: Path) -> Path:
     words = sorted({w for pair in PAIRS for s in pair for w in s.split()})
     tok = word_tokenizer(words)
     folder = tmp_path / "tiny-bart"
-    AutoModelForSeq2SeqLM.from_config(tiny_config("bart", vocab_size=len(tok))).save_pretrained(folder)
+    # 512 positions: the xsum recipe truncates sources at 512 tokens, which the model must be able to embed
+    config = tiny_config("bart", vocab_size=len(tok), max_positions=512)
+    AutoModelForSeq2SeqLM.from_config(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 

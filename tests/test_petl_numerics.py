@@ -96,7 +96,7 @@ def test_prefix_sets_are_separate_per_attention_kind_and_fold_exactly() -> None:
     x = batch()
     before = model(**x).logits
     fold_prefixes(model)
-    assert all(p.table is not None and not hasattr(p, "mlp") for p in model.model.decoder.petl_prefix.values())
+    assert all(p.table is not None and not hasattr(p, "out") for p in model.model.decoder.petl_prefix.values())
     torch.testing.assert_close(model(**x).logits, before, atol=1e-6, rtol=1e-6)
 
 
@@ -130,19 +130,34 @@ def randomise_up(model: torch.nn.Module) -> None:
                 m.delta.up.weight.normal_(0, 0.5)
 
 
-def test_lora_equals_the_merged_weight() -> None:
-    base = tiny()
+@pytest.mark.parametrize("model_type", ["bart", "gpt2"])
+def test_lora_equals_the_merged_weight(model_type: str) -> None:
+    # y = x W' with W' = W + s·B·A in the host's layout: nn.Linear (d_out × d_in) on BART; on GPT-2 a Conv1D
+    # (d_in × d_out) whose fused c_attn gets W_q's and W_v's updates in their own column blocks.
+    base = tiny(model_type)
     model = copy.deepcopy(base)
     inject(model, lora_design())
     randomise_up(model)
     merged = copy.deepcopy(base)
     targets = dict(merged.named_modules())
+    n = 0
     for name, mod in model.named_modules():
         for site in ("petl_query", "petl_value"):
             if isinstance(getattr(mod, site, None), WeightSite):
-                targets[name].weight.data = getattr(mod, site).merged_weight(mod.weight)
-    x = batch()
+                targets[name].weight.data = getattr(mod, site).merged_weight(targets[name])
+                n += 1
+    assert n == {"bart": 2 * 3 * 2, "gpt2": 2 * 2}[model_type]  # GPT-2: q and v both live in c_attn
+    x = batch(model_type)
     torch.testing.assert_close(model(**x).logits, merged(**x).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_merged_weight_refuses_non_linear_forms() -> None:
+    model = tiny()
+    inject(model, DesignPoint(fc1=SiteSpec(form=Form.RELU, size=4)))
+    fc1 = model.model.encoder.layers[0].fc1
+    with pytest.raises(ValueError, match=r"^merged_weight folds a linear Δ\(x\) = s·x AᵀBᵀ into W, but this site has "
+                                         r"form=relu, so Δ is not linear in x; only form=identity \(LoRA\) merges"):
+        fc1.petl_fc1.merged_weight(fc1)
 
 
 def test_our_lora_equals_peft_lora_given_the_same_weights() -> None:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
-from trainables.design import Backbone, DesignPoint, LayerNormPos, Representation, SiteSpec
+from trainables.design import Backbone, DesignPoint, Insertion, LayerNormPos, Representation, SiteSpec
 from trainables.sitemap import Dims, Proj, dims, family_of, width
 
 # He et al. anchor every percentage on "prefix l=200 = 3.6%", i.e. N / 409.6M, for BART *and* mBART (seed spec §3.2).
@@ -60,11 +60,11 @@ def _scale(spec: SiteSpec) -> int:
     return 1 if spec.learn_scale else 0
 
 
-def _adapter(t: _Tally, spec: SiteSpec, d: int, n: int) -> None:
+def _adapter(t: _Tally, spec: SiteSpec, d_in: int, d_out: int, n: int) -> None:
     r = spec.size
-    ln = 0 if spec.layernorm is LayerNormPos.NONE else 2 * d
-    per = 2 * r * d + r + d + ln + _scale(spec)  # W_down, W_up, their biases, LayerNorm γ/β, learned s
-    t.add(n * per, paper=n * 2 * r * d)
+    ln = {LayerNormPos.NONE: 0, LayerNormPos.IN: 2 * d_in, LayerNormPos.OUT: 2 * d_out}[spec.layernorm]
+    mats = r * (d_in + d_out)  # W_down: d_in × r, W_up: r × d_out (2·r·d when both widths are d)
+    t.add(n * (mats + r + d_out + ln + _scale(spec)), paper=n * mats)  # + biases, LayerNorm γ/β, learned s
 
 
 def _weights(t: _Tally, spec: SiteSpec, projs: tuple[Proj, ...], dm: Dims, n: int) -> None:
@@ -92,13 +92,13 @@ def petl_counts(dp: DesignPoint, config: PretrainedConfig) -> _Tally:
         for slot in sm.attn:
             if dp.head_attn is not None:
                 _prefix(t, dp.head_attn, dm, n)
-            if dp.attn is not None:
-                _adapter(t, dp.attn, dm.d, n)
+            if dp.attn is not None:  # the parallel one writes the head outputs (q_dim wide), before W_o
+                _adapter(t, dp.attn, dm.d, dm.q_dim if dp.attn.insertion is Insertion.PARALLEL else dm.d, n)
             for rep, proj in ((Representation.QUERY, slot.query), (Representation.VALUE, slot.value)):
                 if (spec := getattr(dp, rep.value)) is not None:
                     _weights(t, spec, (proj,), dm, n)
         if dp.ffn is not None:
-            _adapter(t, dp.ffn, dm.d, n)
+            _adapter(t, dp.ffn, dm.d, dm.d, n)
         for rep, projs in ((Representation.FC1, sm.ffn.fc1), (Representation.FC2, sm.ffn.fc2)):
             if (spec := getattr(dp, rep.value)) is not None:
                 _weights(t, spec, projs, dm, n)
@@ -161,8 +161,23 @@ def backbone_stats(config: PretrainedConfig, task: str | None = None) -> Backbon
     return _backbone_stats(config.to_json_string(use_diff=False), config.model_type, task)
 
 
+def check_bitfit(dp: DesignPoint, config: PretrainedConfig, biases: int) -> None:
+    """BitFit trains the backbone's bias vectors; refuse it on a backbone that has none (Llama, Mistral)."""
+    if dp.backbone is Backbone.BIAS and biases == 0:
+        raise ValueError(
+            f"backbone=bias (BitFit) trains the backbone's bias vectors, but model type {config.model_type!r} has "
+            "none (0 bias parameters outside the task head), so nothing would train; choose PETL sites (e.g. "
+            "preset lora_attn) or backbone: full"
+        )
+
+
 def count_params(dp: DesignPoint, config: PretrainedConfig, task: str | None = None) -> ParamCounts:
+    """Exact counts of `dp` on the model `config` describes (meta device, nothing allocated).
+
+    Raises ValueError for an unsupported model type, prompt tuning on a decoder-only model and BitFit without biases.
+    """
     stats = backbone_stats(config, task)
+    check_bitfit(dp, config, stats.biases)
     t = petl_counts(dp, config)
     backbone_trainable = {Backbone.FROZEN: 0, Backbone.BIAS: stats.biases, Backbone.FULL: stats.total}[dp.backbone]
     head = stats.task_head if (dp.train_task_head or dp.backbone is Backbone.FULL) else 0

@@ -143,6 +143,11 @@ def _check_site(rep: Representation, s: SiteSpec) -> None:
                 f"{where}: init applies to bottleneck matrices; prefix vectors have their own init, got "
                 f"init={s.init.value}; remove it"
             )
+        if s.dropout:
+            raise ValueError(
+                f"{where}: the per-head branch's weights take the attention's own dropout (as in the official code), "
+                f"got dropout={s.dropout!r}; remove it (the model's attention dropout sets that rate)"
+            )
     elif s.prefix_mlp:
         raise ValueError(
             f"{where}: prefix_mlp reparametrises prefix vectors and exists only at head_attn, got "

@@ -192,7 +192,8 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
     reporter = reporter or NullReporter()
     seed_everything(cfg.seed)
     task = cfg.resolved_task()
-    model, tokenizer = build(task, design, cfg.model, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout)
+    model, tokenizer = build(task, design, cfg.model, cfg.max_length, cfg.max_target_length, dropout=cfg.dropout,
+                             attention_dropout=cfg.attention_dropout)
     inject(model, design)
     counts = count_params(design, model.config, task.kind)
     data = prepare_data(task, tokenizer, cfg)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
+from trainables.counting import count_params
 from trainables.data import load_tokenizer
 from trainables.design import DesignPoint
 from trainables.sitemap import family_of
@@ -57,7 +59,32 @@ def set_dropout(config: PretrainedConfig, **values: float | None) -> None:
         setattr(config, keys[0], value)
 
 
-def check_fit(task: Task, config: PretrainedConfig, design: DesignPoint) -> None:
+def check_lengths(task: Task, config: PretrainedConfig, max_length: int | None,
+                  max_target_length: int | None = None) -> None:
+    """Fail before training when the inputs (or, for seq2seq, the targets and decoded outputs) need more positions
+    than the model's position table holds. Prompt vectors take no positions (they join after the position
+    embeddings, as in the official code), so prompt tuning's l is not part of the rule."""
+    cap = family_of(config).positions(config)
+    if cap is None:
+        return
+    if max_length is not None and max_length > cap:
+        raise ValueError(
+            f"inputs of up to max_length={max_length} tokens do not fit model type {config.model_type!r}: its "
+            f"position table embeds at most {cap} positions (prompt vectors take none); set max_length <= {cap}"
+        )
+    if task.kind == "seq2seq":
+        decoded = task.generation.max_length if task.generation else 0
+        longest = max(max_target_length or 0, decoded)
+        if longest > cap:
+            raise ValueError(
+                f"targets of max_target_length={max_target_length} and decoding up to max_length={decoded} tokens "
+                f"(task {task.name!r}) need {longest} decoder positions, but model type {config.model_type!r} embeds "
+                f"at most {cap}; set both <= {cap}"
+            )
+
+
+def check_fit(task: Task, config: PretrainedConfig, design: DesignPoint, max_length: int | None = None,
+              max_target_length: int | None = None) -> None:
     """Fail before loading any weights when the design or the task does not fit this model."""
     family = family_of(config)  # unsupported model types are named here
     if design.prompt_length and family.prompt is None:
@@ -71,16 +98,38 @@ def check_fit(task: Task, config: PretrainedConfig, design: DesignPoint) -> None
             f"task {task.name!r} is sequence-to-sequence but model type {config.model_type!r} has no decoder with "
             "cross-attention; use an encoder-decoder checkpoint (BART, mBART)"
         )
+    count_params(design, config, task.kind)  # every design/model rule of the accounting (BitFit without biases, ...)
+    check_lengths(task, config, max_length, max_target_length)
 
 
-def build(task: Task, design: DesignPoint, model: str | None = None, *, dropout: float | None = None,
+def align_decoder_start(net: nn.Module, tokenizer: object) -> int:
+    """Decode from the token training's decoder inputs start with; returns it.
+
+    `generate()` reads `generation_config` (loaded from the checkpoint's generation_config.json, or derived from its
+    config.json at load time), not later changes to `model.config`. The start token is the model's own shift of a
+    tokenised target: mBART-cc25's labels end "</s> ro_RO", so it is the target-language code; BART prepends its
+    configured start token. A special token every target begins with (BART's <s>, mBART-50's language code) is forced
+    as the first generated token; otherwise none is, so a stale forced_bos_token_id cannot disagree with training.
+    """
+    labels = torch.tensor(tokenizer(text_target=["a"])["input_ids"])
+    start = int(net.prepare_decoder_input_ids_from_labels(labels=labels)[0, 0])
+    first = int(labels[0, 0])
+    net.config.decoder_start_token_id = start
+    net.generation_config.decoder_start_token_id = start
+    net.generation_config.forced_bos_token_id = first if first in tokenizer.all_special_ids else None
+    return start
+
+
+def build(task: Task, design: DesignPoint, model: str | None = None, max_length: int | None = None,
+          max_target_length: int | None = None, *, dropout: float | None = None,
           attention_dropout: float | None = None) -> tuple[nn.Module, object]:
-    """(model, tokenizer) for the task, checked against the design before weights are read; `dropout` and
-    `attention_dropout` replace the checkpoint's probabilities when given (a recipe's, e.g. en-ro 0.1 / 0.0)."""
+    """(model, tokenizer) for the task, checked against the design (and the run's lengths) before weights are read;
+    `dropout` and `attention_dropout` replace the checkpoint's probabilities when given (a recipe's, e.g. en-ro
+    0.1 / 0.0)."""
     path = resolve_model_path(task, model)
     tokenizer = load_tokenizer(task, path)
     config = model_config(task, path, vocab_size=len(tokenizer), dropout=dropout, attention_dropout=attention_dropout)
-    check_fit(task, config, design)
+    check_fit(task, config, design, max_length, max_target_length)
     auto = AutoModelForSequenceClassification if task.kind == "classification" else AutoModelForSeq2SeqLM
     # A trial runs thousands of times: no progress bars, and the expected "newly initialised head" report once is
     # noise (the head is trained and counted on purpose).
@@ -91,9 +140,8 @@ def build(task: Task, design: DesignPoint, model: str | None = None, *, dropout:
         net = auto.from_config(config) if path is None else auto.from_pretrained(path, config=config)
     finally:
         hf_logging.set_verbosity(verbosity)
-    if config.model_type == "mbart" and task.tgt_lang:
-        # mBART-cc25 decodes from the target language code (labels end "... </s> ro_RO", shifted right).
-        net.config.decoder_start_token_id = tokenizer.convert_tokens_to_ids(task.tgt_lang)
+    if task.kind == "seq2seq":
+        align_decoder_start(net, tokenizer)
     return net, tokenizer
 
 

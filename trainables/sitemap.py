@@ -38,10 +38,20 @@ class AttnSlot:
 
 @dataclass(frozen=True)
 class FfnSlot:
-    input: str  # the module whose input is the FFN input x
-    output: str  # the module whose output is the FFN output h (before dropout, residual and norm)
+    """Where the FFN sub-layer's adapter reads and joins, as in the official code (He et al.'s BART/mBART/RoBERTa).
+
+    `residual`: the module whose input is x, the residual the layer's skip connection adds back (a parallel adapter
+    reads it: the FFN input in post-LN layers, the un-normalised residual stream in pre-LN ones). `output`: the module
+    whose output is the FFN output after its dropout, where Δh joins; when the layer drops that output with a
+    functional `F.dropout(h, p=layer.<dropout>)` instead of a module, `dropout` names the rate's attribute and Δh
+    joins right after that call.
+    """
+
+    residual: str
+    output: str
     fc1: tuple[Proj, ...]
     fc2: tuple[Proj, ...]
+    dropout: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,19 @@ class StackMap:
     ffn_dim: Callable[[PretrainedConfig], int]
     attn: tuple[AttnSlot, ...]
     ffn: FfnSlot
-    embed: str | None = None  # token embedding (from the stack) for prompt tuning, when prompts enter here
+
+
+@dataclass(frozen=True)
+class PromptMap:
+    """Where prompt tuning's vectors enter (paths from `base_model`): before `norm`, the embedding LayerNorm whose
+    input is token + position embeddings; `mask_host` widens the padding mask (`mask_4d`: it builds its attention mask
+    from the T-long input, so it receives a finished (T + l)-long one); `decoder` widens its cross-attention mask."""
+
+    norm: str
+    mask_host: str
+    at: int  # 0: in front (official, encoder-decoder); 1: after [CLS]/<s>, which the classification head reads
+    mask_4d: bool = False
+    decoder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +83,8 @@ class FamilyMap:
     stacks: tuple[StackMap, ...]
     default_task: str  # "seq2seq" | "classification" | "causal": the Auto class `counting` builds on meta
     task_heads: tuple[str, ...]  # task-model modules trained with train_task_head (none for LM heads: tied)
-    prompt: str | None  # "encoder_decoder" | "encoder" | None (unsupported)
+    prompt: PromptMap | None  # None: decoder-only, no encoder input to extend
+    positions: Callable[[PretrainedConfig], int | None]  # input positions the model can embed (None: no table)
 
 
 @dataclass(frozen=True)
@@ -98,19 +121,36 @@ def _bart_attn(kind: str, module: str) -> AttnSlot:
                     Proj(f"{module}.v_proj", "d", "kv"))
 
 
-_BART_FFN = FfnSlot("fc1", "fc2", (Proj("fc1", "d", "ffn"),), (Proj("fc2", "ffn", "d"),))
-_BART = FamilyMap(
-    model_types=("bart", "mbart"),
-    stacks=(
-        StackMap("encoder", "layers", lambda c: c.encoder_layers, lambda c: c.encoder_ffn_dim,
-                 (_bart_attn("encoder", "self_attn"),), _BART_FFN, embed="embed_tokens"),
-        StackMap("decoder", "layers", lambda c: c.decoder_layers, lambda c: c.decoder_ffn_dim,
-                 (_bart_attn("decoder", "self_attn"), _bart_attn("cross", "encoder_attn")), _BART_FFN),
-    ),
-    default_task="seq2seq",
-    task_heads=("classification_head",),
-    prompt="encoder_decoder",
-)
+def _bart_like(model_type: str, residual: str) -> FamilyMap:
+    ffn = FfnSlot(residual, "fc2", (Proj("fc1", "d", "ffn"),), (Proj("fc2", "ffn", "d"),), dropout="dropout")
+    return FamilyMap(
+        model_types=(model_type,),
+        stacks=(
+            StackMap("encoder", "layers", lambda c: c.encoder_layers, lambda c: c.encoder_ffn_dim,
+                     (_bart_attn("encoder", "self_attn"),), ffn),
+            StackMap("decoder", "layers", lambda c: c.decoder_layers, lambda c: c.decoder_ffn_dim,
+                     (_bart_attn("decoder", "self_attn"), _bart_attn("cross", "encoder_attn")), ffn),
+        ),
+        default_task="seq2seq",
+        task_heads=("classification_head",),
+        prompt=PromptMap("encoder.layernorm_embedding", "encoder", at=0, mask_4d=True, decoder="decoder"),
+        positions=lambda c: c.max_position_embeddings,  # the table has 2 more rows, an offset the model adds itself
+    )
+
+
+# BART is post-LN: the FFN input (fc1's input) is the residual. mBART is pre-LN: the official parallel adapter reads
+# the residual stream before final_layer_norm, un-normalised (seed spec §1.5).
+_BART = _bart_like("bart", residual="fc1")
+_MBART = _bart_like("mbart", residual="final_layer_norm")
+
+
+def _bert_positions(config: PretrainedConfig) -> int | None:
+    if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    # RoBERTa numbers positions from padding_idx + 1 (rows 0..pad_id unused by real tokens)
+    offset = config.pad_token_id + 1 if config.model_type == "roberta" else 0
+    return config.max_position_embeddings - offset
+
 
 _BERT_LIKE = FamilyMap(
     model_types=("bert", "roberta"),
@@ -118,26 +158,32 @@ _BERT_LIKE = FamilyMap(
         StackMap("encoder", "layer", lambda c: c.num_hidden_layers, lambda c: c.intermediate_size,
                  (AttnSlot("encoder", "attention.self", "attention.output.dense",
                            Proj("attention.self.query", "d", "q"), Proj("attention.self.value", "d", "kv")),),
-                 FfnSlot("intermediate.dense", "output.dense", (Proj("intermediate.dense", "d", "ffn"),),
+                 # post-LN like BART: x = the attention output, the input of `intermediate`; the FFN's dropout is
+                 # the module output.dropout, before the residual add and LayerNorm (official RoBERTa code)
+                 FfnSlot("intermediate", "output.dropout", (Proj("intermediate.dense", "d", "ffn"),),
                          (Proj("output.dense", "ffn", "d"),))),
     ),
     default_task="classification",
     # BERT's pooler feeds its classifier; it was trained for next-sentence prediction, not this task, so it trains too.
     task_heads=("classifier", "pooler"),
-    prompt="encoder",
+    prompt=PromptMap("embeddings.LayerNorm", "", at=1),
+    positions=_bert_positions,
 )
 
+# The pre-LN decoder-only families follow mBART, the paper's pre-LN model: a parallel FFN adapter reads the residual
+# stream (the input of the FFN's LayerNorm) and joins after the FFN's dropout (GPT-2's mlp ends in it; Llama has none).
 _GPT2 = FamilyMap(
     model_types=("gpt2",),
     stacks=(
         StackMap("", "h", lambda c: c.n_layer, lambda c: c.n_inner or 4 * c.n_embd,
                  (AttnSlot("decoder", "attn", "attn.c_proj", Proj("attn.c_attn", "d", "q", (0, 3)),
                            Proj("attn.c_attn", "d", "kv", (2, 3))),),
-                 FfnSlot("mlp", "mlp.c_proj", (Proj("mlp.c_fc", "d", "ffn"),), (Proj("mlp.c_proj", "ffn", "d"),))),
+                 FfnSlot("ln_2", "mlp", (Proj("mlp.c_fc", "d", "ffn"),), (Proj("mlp.c_proj", "ffn", "d"),))),
     ),
     default_task="causal",
     task_heads=("score",),
     prompt=None,
+    positions=lambda c: c.n_positions,
 )
 
 _LLAMA = FamilyMap(
@@ -146,15 +192,17 @@ _LLAMA = FamilyMap(
         StackMap("", "layers", lambda c: c.num_hidden_layers, lambda c: c.intermediate_size,
                  (AttnSlot("decoder", "self_attn", "self_attn.o_proj", Proj("self_attn.q_proj", "d", "q"),
                            Proj("self_attn.v_proj", "d", "kv")),),
-                 FfnSlot("mlp", "mlp.down_proj", (Proj("mlp.gate_proj", "d", "ffn"), Proj("mlp.up_proj", "d", "ffn")),
+                 FfnSlot("post_attention_layernorm", "mlp",
+                         (Proj("mlp.gate_proj", "d", "ffn"), Proj("mlp.up_proj", "d", "ffn")),
                          (Proj("mlp.down_proj", "ffn", "d"),))),
     ),
     default_task="causal",
     task_heads=("score",),
     prompt=None,
+    positions=lambda c: None,  # rotary positions: no table to overflow
 )
 
-FAMILIES: tuple[FamilyMap, ...] = (_BART, _BERT_LIKE, _GPT2, _LLAMA)
+FAMILIES: tuple[FamilyMap, ...] = (_BART, _MBART, _BERT_LIKE, _GPT2, _LLAMA)
 SUPPORTED = tuple(sorted(t for f in FAMILIES for t in f.model_types))
 
 

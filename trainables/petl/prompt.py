@@ -1,9 +1,13 @@
-"""Prompt tuning (Lester et al.; He et al. Table 6 baseline): l trainable vectors in front of the encoder input.
+"""Prompt tuning (Lester et al.; He et al. Table 6 baseline): l trainable vectors in the encoder input.
 
-Encoder-decoder models get the prompt at the start of the encoder input (as the official code does) and the decoder's
-cross-attention mask is widened to match, in the decoder's own pre-hook, so `generate()` (which calls the encoder and
-decoder separately) stays correct. Encoder-only models get it right after the first token, so the [CLS]/<s> position
-that the classification head reads stays first.
+As in the official code, the vectors join the embedding output after token and position embeddings were summed and
+before the embedding LayerNorm: they get no position embedding and the real tokens keep their positions, so l never
+counts against the position table. Encoder-decoder models get the prompt in front (position 0, the official code);
+encoder-only models right after the first token, so the [CLS]/<s> vector the classification head reads stays first.
+
+Hooks: the embedding LayerNorm's pre-hook inserts the vectors; the encoder's (or base model's) pre-hook widens the
+padding mask to T + l; for encoder-decoder models the decoder's pre-hook widens the cross-attention mask, so
+`generate()` (which calls the encoder and the decoder separately) stays correct.
 """
 
 from __future__ import annotations
@@ -17,6 +21,24 @@ from torch import Tensor, nn
 from trainables.petl.base import PetlModule
 
 
+class Prompt(PetlModule):
+    """P ∈ R^{l × d}, N(0, 0.02) as in the official code. forward(e): (B, T, d) → (B, T + l, d), P inserted at `at`."""
+
+    def __init__(self, l: int, d: int, at: int) -> None:
+        super().__init__()
+        self.vectors = nn.Parameter(torch.randn(l, d) * 0.02)
+        self.at = at
+
+    def forward(self, e: Tensor) -> Tensor:
+        p = self.vectors.to(e.dtype).unsqueeze(0).expand(e.shape[0], -1, -1)
+        return torch.cat([e[:, : self.at], p, e[:, self.at :]], dim=1)
+
+
+def prompt_hook(name: str, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Pre-hook on the embedding LayerNorm: its input is token + position (+ token type) embeddings."""
+    return (getattr(module, name)(args[0]), *args[1:])
+
+
 def _bind(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     bound = inspect.signature(module.forward).bind_partial(*args, **kwargs)
     out = dict(bound.arguments)
@@ -24,44 +46,42 @@ def _bind(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> d
     return out
 
 
-def _widen(mask: Tensor | None, n: int, at: int, fill: int = 1) -> Tensor | None:
-    """Insert n columns of `fill` at position `at` of the last dimension."""
-    if mask is None:
-        return None
-    new = torch.full((*mask.shape[:-1], n), fill, dtype=mask.dtype, device=mask.device)
-    return torch.cat([mask[..., :at], new, mask[..., at:]], dim=-1)
+def _widen(mask: Tensor, n: int, at: int) -> Tensor:
+    """Insert n attendable columns at position `at` of a 2-D padding mask (B, T) → (B, T + n)."""
+    if mask.dim() != 2:
+        raise ValueError(f"prompt tuning widens the 2-D padding mask (batch, tokens), got a {mask.dim()}-D mask of "
+                         f"shape {tuple(mask.shape)}; pass the padding mask and let the model build the rest")
+    new = torch.ones((mask.shape[0], n), dtype=mask.dtype, device=mask.device)
+    return torch.cat([mask[:, :at], new, mask[:, at:]], dim=-1)
 
 
-class Prompt(PetlModule):
-    """P ∈ R^{l × d}, N(0, 0.02) as in the official code; inserted into the input embeddings at position `at`."""
+def encoder_mask_hook(l: int, at: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Pre-hook on an encoder that builds its mask from the T-long input embeddings (BART/mBART): hand it the
+    (T + l)-long mask already in the form its attention implementation wants (transformers passes 4-D masks on)."""
+    from transformers.masking_utils import create_bidirectional_mask  # where BART's own encoder builds its mask
 
-    def __init__(self, l: int, d: int, embed: nn.Module, at: int) -> None:
-        super().__init__()
-        self.vectors = nn.Parameter(torch.randn(l, d) * 0.02)
-        self.embed = [embed]  # a list keeps the frozen embedding out of this module's parameters
-        self.at = at
+    call = _bind(module, args, kwargs)
+    mask = call.get("attention_mask")
+    if mask is not None:
+        wide = _widen(mask, l, at)
+        like = torch.empty((wide.shape[0], wide.shape[1], 0), dtype=module.dtype, device=wide.device)
+        call["attention_mask"] = create_bidirectional_mask(config=module.config, inputs_embeds=like,
+                                                           attention_mask=wide)
+    return (), call
 
-    def encoder_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict]:
-        call = _bind(module, args, kwargs)
-        ids = call.pop("input_ids", None)
-        embeds = call.get("inputs_embeds")
-        if embeds is None:
-            if ids is None:
-                raise RuntimeError("prompt tuning needs input_ids or inputs_embeds")
-            embeds = self.embed[0](ids)
-        p = self.vectors.to(embeds.dtype).unsqueeze(0).expand(embeds.shape[0], -1, -1)
-        call["inputs_embeds"] = torch.cat([embeds[:, : self.at], p, embeds[:, self.at :]], dim=1)
-        n = self.vectors.shape[0]
-        call["attention_mask"] = _widen(call.get("attention_mask"), n, self.at)
-        if isinstance(call.get("token_type_ids"), Tensor):
-            call["token_type_ids"] = _widen(call["token_type_ids"], n, self.at, fill=0)
-        if call.get("position_ids") is not None:
-            raise RuntimeError("prompt tuning cannot honour explicit position_ids; let the model number positions")
-        return (), call
 
-    def decoder_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict]:
-        call = _bind(module, args, kwargs)
-        enc, mask = call.get("encoder_hidden_states"), call.get("encoder_attention_mask")
-        if enc is not None and mask is not None and mask.shape[-1] == enc.shape[1] - self.vectors.shape[0]:
-            call["encoder_attention_mask"] = _widen(mask, self.vectors.shape[0], self.at)
-        return (), call
+def base_mask_hook(l: int, at: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Pre-hook on a BERT-like model, which builds its mask from the embedding output (T + l long)."""
+    call = _bind(module, args, kwargs)
+    if call.get("attention_mask") is not None:
+        call["attention_mask"] = _widen(call["attention_mask"], l, at)
+    return (), call
+
+
+def cross_mask_hook(l: int, at: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Pre-hook on a decoder: the encoder output is T + l long, its padding mask still T long."""
+    call = _bind(module, args, kwargs)
+    enc, mask = call.get("encoder_hidden_states"), call.get("encoder_attention_mask")
+    if enc is not None and mask is not None and mask.dim() == 2 and mask.shape[-1] == enc.shape[1] - l:
+        call["encoder_attention_mask"] = _widen(mask, l, at)
+    return (), call

@@ -5,6 +5,10 @@ by forward hooks, so the pretrained modules and their parameter names stay untou
     parallel:   h ← h ⊕ Δ(x)   Δ reads the sub-layer's input x (weight sites: the projection's input)
 
 with ⊕ plain (h + Δ) or scaled (h + s·Δ) addition.
+
+Hooks are module-level functions bound (functools.partial) to names only; each finds its PETL module through the
+module it is called on. A deep copy or a DataParallel replica therefore runs its own modules, never the original's,
+and values that live for one forward (a captured sub-layer input) sit in `CallState`, which copies leave empty.
 """
 
 from __future__ import annotations
@@ -13,11 +17,48 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
+from transformers.pytorch_utils import Conv1D
 
-from trainables.design import Composition, Init, Insertion, SiteSpec
+from trainables.design import Composition, Form, Init, Insertion, SiteSpec
 from trainables.petl.base import PetlModule
 from trainables.petl.bottleneck import Bottleneck
 from trainables.petl.compose import Scale
+from trainables.sitemap import get_path
+
+LINK = "_petl_link_"  # prefix of the (unregistered) attribute through which a hooked descendant finds its site
+
+
+class CallState:
+    """A value held for one forward (a captured input, this call's prefix): a copy or a pickle gets an empty one.
+
+    Sites assign a fresh CallState per call instead of mutating one, so DataParallel replicas, whose attributes are
+    shallow copies of the original's, never share it.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+
+    def __deepcopy__(self, memo: dict) -> CallState:
+        return CallState()
+
+    def __reduce__(self) -> tuple:
+        return (CallState, ())
+
+
+def link(module: nn.Module, name: str, site: nn.Module) -> None:
+    """Let `module` (a descendant of the site's host) find `site` without registering it twice."""
+    object.__setattr__(module, LINK + name, site)
+
+
+def linked(module: nn.Module, name: str) -> Any:
+    site = module.__dict__.get(LINK + name)
+    if site is None:
+        raise RuntimeError(f"{type(module).__name__} has a PETL hook for {name!r} but no link to its site; "
+                           "was the module moved out of the layer it was injected into?")
+    return site
 
 
 def first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
@@ -35,71 +76,139 @@ def _replace_output(output: Any, new: Tensor) -> Any:
 
 
 class SublayerSite(PetlModule):
-    """An adapter at the attention or FFN sub-layer output (Houlsby/Pfeiffer: sequential; He et al.: parallel)."""
+    """An adapter at the attention or FFN sub-layer (Houlsby/Pfeiffer: sequential; He et al.: parallel).
 
-    def __init__(self, spec: SiteSpec, d: int) -> None:
+    forward(h, x) = h + Δ(x), or h + s·Δ(x) for scaled composition; x: (B, T, d_in), h: (B, T, d_out).
+    A layernorm `out` is part of Δ, so scaled composition gives h + s·LN(Δ) (see docs/deviations.md).
+    """
+
+    def __init__(self, spec: SiteSpec, d_in: int, d_out: int) -> None:
         super().__init__()
         self.delta = Bottleneck(
-            d, d, spec.size, spec.form, bias=True, init=spec.init or Init.BERT, layernorm=spec.layernorm,
+            d_in, d_out, spec.size, spec.form, bias=True, init=spec.init or Init.BERT, layernorm=spec.layernorm,
             dropout=spec.dropout, dropout_on_input=False,
         )
         self.scale = Scale(spec.scale, spec.learn_scale) if spec.composition is Composition.SCALED else None
         self.parallel = spec.insertion is Insertion.PARALLEL
-        self._x: Tensor | None = None
+        self._x = CallState()  # the sub-layer input x of the current call (parallel insertion)
+        self._dropout = (0.0, False)  # (rate, training) of the layer's functional output dropout (BART-style FFNs)
 
-    def input_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self._x = first_tensor(args, kwargs)
-
-    def compose(self, h: Tensor, dh: Tensor) -> Tensor:
+    def forward(self, h: Tensor, x: Tensor) -> Tensor:
+        dh = self.delta(x)
         return h + dh if self.scale is None else h + self.scale() * dh
 
-    def output_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        h = output[0] if isinstance(output, tuple) else output
-        if self.parallel:
-            x, self._x = self._x, None
-            if x is None:
-                raise RuntimeError("parallel site: the sub-layer input was not captured before its output")
-        else:
-            x = h
-        return _replace_output(output, self.compose(h, self.delta(x)))
+    def take_input(self) -> Tensor:
+        x, self._x = self._x.value, CallState()
+        if x is None:
+            raise RuntimeError("parallel site: the sub-layer input was not captured before its output")
+        return x
 
-    def attach(self, input_module: nn.Module, output_module: nn.Module) -> list[Any]:
-        handles = [output_module.register_forward_hook(self.output_hook)]
-        if self.parallel:
-            handles.append(input_module.register_forward_pre_hook(self.input_hook, with_kwargs=True))
-        return handles
+
+class DroppedOut(Tensor):
+    """Marks a sub-layer output that already went through the layer's functional output dropout, with Δh added after
+    it (`ffn_output_hook`): the layer's own `F.dropout` call on it is then the identity. Other ops keep the mark,
+    so hooks that wrap module outputs (e.g. DeepSpeed ZeRO-3's) pass it through to that dropout call."""
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func is F.dropout:
+            return args[0].as_subclass(Tensor)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+# ---- hooks: partial(hook, name, ...) registered on modules of the frozen model -------------------------------------
+def sequential_output_hook(name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+    """On W_o (attention, sequential): h ← h ⊕ Δ(h) on the projection's output, before the layer's dropout."""
+    site = getattr(module, name)
+    h = output[0] if isinstance(output, tuple) else output
+    return _replace_output(output, site(h, h))
+
+
+def capture_input_hook(name: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Pre-hook on the module whose input is x: keep x for the site's parallel Δ(x) later in the same call."""
+    site = getattr(module, name, None)
+    if site is None:  # an FFN site lives on the layer; its residual module reaches it through a link
+        site = linked(module, name)
+    site._x = CallState(first_tensor(args, kwargs))
+
+
+def link_hook(name: str, paths: tuple[str, ...], dropout_attr: str | None, module: nn.Module, args: Any) -> None:
+    """Pre-hook on the layer hosting an FFN site: link the site into the descendants its hooks run on (a replica's
+    own site for a replica's own descendants) and read the layer's functional dropout rate for this call."""
+    site = getattr(module, name)
+    for path in paths:
+        child = get_path(module, path)
+        if child.__dict__.get(LINK + name) is not site:
+            link(child, name, site)
+    if dropout_attr is not None:
+        site._dropout = (float(getattr(module, dropout_attr)), module.training)
+
+
+def ffn_output_hook(name: str, functional_dropout: bool, module: nn.Module, args: tuple[Any, ...], out: Tensor) -> Any:
+    """On the module whose output is the FFN output: compose Δh after the layer's output dropout (official code).
+
+    Families whose FFN ends in a dropout module are hooked after it. BART-style layers drop fc2's output with
+    `F.dropout(h, p=layer.dropout)`: that dropout is applied here, Δh is added, and the result is marked so the
+    layer's own call is the identity (`DroppedOut`); the random draw is the same one, so seeds and gradient
+    checkpointing's recompute see the same mask.
+    """
+    site = linked(module, name)
+    h = F.dropout(out, *site._dropout) if functional_dropout else out
+    y = site(h, site.take_input() if site.parallel else h)
+    return y.as_subclass(DroppedOut) if functional_dropout else y
 
 
 class WeightSite(PetlModule):
     """Δ on a projection W: y = x W + s · Δ(x), LoRA for the identity form (Hu et al.; He et al. Table 1).
 
-    `out_slice` selects the output columns of a fused projection (GPT-2's c_attn holds W_q, W_k, W_v side by side).
+    `out_start` places Δ in the output columns of a fused projection (GPT-2's c_attn holds W_q, W_k, W_v side by side).
     """
 
-    def __init__(self, spec: SiteSpec, d_in: int, d_out: int, out_slice: tuple[int, int] | None = None) -> None:
+    def __init__(self, spec: SiteSpec, d_in: int, d_out: int, out_start: int | None = None) -> None:
         super().__init__()
+        self.form = spec.form
         self.delta = Bottleneck(
             d_in, d_out, spec.size, spec.form, bias=False, init=spec.init or Init.LORA, dropout=spec.dropout,
             dropout_on_input=True,
         )
         self.scale = Scale(spec.scale, spec.learn_scale) if spec.composition is Composition.SCALED else None
-        self.out_slice = out_slice
+        self.out_start = out_start  # first output column of this site in a fused projection, else None
 
-    def output_hook(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
-        dh = self.delta(args[0])
-        if self.scale is not None:
-            dh = self.scale() * dh
-        if self.out_slice is not None:
-            start, total = self.out_slice[0], output.shape[-1]
-            dh = nn.functional.pad(dh, (start, total - start - dh.shape[-1]))
-        return output + dh
+    def forward(self, x: Tensor) -> Tensor:
+        dh = self.delta(x)
+        return dh if self.scale is None else self.scale() * dh
 
     @torch.no_grad()
-    def merged_weight(self, weight: Tensor) -> Tensor:
-        """W + s·B·A for a linear form (nn.Linear layout, d_out × d_in): LoRA's merge for serving."""
+    def merged_weight(self, host: nn.Module) -> Tensor:
+        """The host's weight with s·B·A folded in, in the host's own layout, for serving without the hook.
+
+        nn.Linear stores W as (d_out, d_in) and computes x Wᵀ; GPT-2's Conv1D stores (d_in, d_out) and computes x W.
+        A fused host (c_attn) gets the update in its columns for this site only. Only the identity form merges.
+        """
+        if self.form is not Form.IDENTITY:
+            raise ValueError(
+                f"merged_weight folds a linear Δ(x) = s·x AᵀBᵀ into W, but this site has form={self.form.value}, so "
+                "Δ is not linear in x; only form=identity (LoRA) merges; serve the other forms with the hook"
+            )
         s = 1.0 if self.scale is None else self.scale()
-        return weight + s * (self.delta.up.weight @ self.delta.down.weight)
+        delta = s * (self.delta.up.weight @ self.delta.down.weight)  # (d_out, d_in)
+        conv = isinstance(host, Conv1D)
+        weight = host.weight.detach().clone()
+        full = weight.shape[1] if conv else weight.shape[0]
+        start = self.out_start or 0
+        if start + delta.shape[0] > full:
+            raise ValueError(f"site output columns {start}..{start + delta.shape[0]} exceed the host's {full}")
+        if conv:
+            weight[:, start:start + delta.shape[0]] += delta.T.to(weight.dtype)
+        else:
+            weight[start:start + delta.shape[0]] += delta.to(weight.dtype)
+        return weight
 
-    def attach(self, module: nn.Module) -> list[Any]:
-        return [module.register_forward_hook(self.output_hook)]
 
+def weight_output_hook(name: str, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+    """On the projection: y ← y + s·Δ(x), into the site's columns when the projection is fused."""
+    site = getattr(module, name)
+    dh = site(args[0])
+    if site.out_start is not None:
+        dh = F.pad(dh, (site.out_start, output.shape[-1] - site.out_start - dh.shape[-1]))
+    return output + dh
