@@ -15,6 +15,10 @@ from trainables.tasks import Task, get_task
 
 ENGINES = ("auto", "torch", "deepspeed")
 PRECISIONS = ("fp32", "bf16", "fp16")
+# ZeRO-3 would partition the frozen backbone too; the PETL checkpoints, prefix folding and beam-search evaluation
+# here read whole parameters, so stage 3 is refused rather than crashing at the first checkpoint. Stages 0-2 shard
+# only the (small) trained state, and every one of them resumes exactly (tests/test_resume.py).
+ZERO_STAGES = (0, 1, 2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,7 +63,9 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)", self.label_smoothing),
             (self.engine in ENGINES, f"engine must be one of {list(ENGINES)}", self.engine),
             (self.precision in PRECISIONS, f"precision must be one of {list(PRECISIONS)}", self.precision),
-            (self.zero_stage in (0, 1, 2, 3), "zero_stage must be 0, 1, 2 or 3", self.zero_stage),
+            (self.zero_stage in ZERO_STAGES, "zero_stage must be 0, 1 or 2 (ZeRO-3 would partition the frozen "
+             "backbone, which PETL checkpoints and evaluation read whole; use 2 to shard the trained state)",
+             self.zero_stage),
         ]
         for ok, rule, value in checks:
             if not ok:

@@ -132,7 +132,7 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
     engine = make_engine(model, optimizer, scheduler, cfg)
     device = next(engine.module.parameters()).device
     out_dir = Path(cfg.out_dir) if cfg.out_dir else None
-    state = load_resume(out_dir, engine.module, optimizer, scheduler) if out_dir else None
+    state = load_resume(out_dir, engine) if out_dir else None
     start, best = (state["step"], state["best"]) if state else (0, -math.inf)
     ema, best_ema, tokens, run_loss, run_n = None, math.inf, 0, 0.0, 0
     t0, train_time = time.perf_counter(), 0.0
@@ -177,8 +177,8 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
                 "stored": counts.stored, "fraction": counts.fraction, "elapsed_s": time.perf_counter() - t0,
                 **{f"metric.{k}": v for k, v in scores.items()}}
         run_loss, run_n = 0.0, 0
-        if rank == 0 and out_dir and step != cfg.max_steps:
-            save_resume(out_dir, engine.module, optimizer, scheduler, step, {"best": best})
+        if out_dir and step != cfg.max_steps:  # every rank: DeepSpeed writes one ZeRO shard per rank
+            save_resume(out_dir, engine, step, {"best": best})
         if rank == 0 and out_dir and step == cfg.max_steps:
             # Before the last report: a scheduler that stops at max_t ends the trial inside that report call.
             save_final(out_dir, engine.module, design, {"task": task.name, "model": cfg.model, "step": step,
