@@ -28,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--data-dir", default=None, help="local files in the task's format instead of the hub")
     a.add_argument("--num-samples", type=int, default=8, help="trials to run in total, presets included")
     a.add_argument("--max-param-fraction", type=float, default=None,
-                   help="hard budget: designs storing more than this fraction of the backbone are skipped untrained "
-                   "and marked infeasible to the sampler, which then avoids them")
+                   help="hard budget: designs storing more than this fraction of the backbone are never trained; "
+                   "the sampler is told they are infeasible and draws again, so every trial is within the budget")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a training setting for every trial, e.g. --set max_steps=2000 (repeatable)")
     s = p.add_argument_group("how to search")

@@ -33,7 +33,7 @@ class SpaceSampler:
     def __call__(self, trial: Any) -> dict[str, Any]:
         design, train, preset = self.space.sample(trial)
         counts = count_params(design, self.config, self.task_kind)
-        if hasattr(trial, "set_user_attr"):  # an Optuna trial (not a validation walker): read by BudgetConstraint
+        if hasattr(trial, "set_user_attr"):  # an Optuna trial (not a validation walker): kept in the study
             trial.set_user_attr("fraction", counts.fraction)
         preset = preset or next((n for n, d in self.presets.items() if d == design), None)
         return {"design": design.to_dict(), "train": train, "fraction": counts.fraction, "preset": preset,
@@ -104,19 +104,16 @@ def plan(args: argparse.Namespace) -> Plan:
 def make_searcher(p: Plan, args: argparse.Namespace) -> Any:
     import optuna
 
-    from search.searcher import BudgetConstraint, TruthfulOptunaSearch
+    from search.searcher import TruthfulOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    limit = args.max_param_fraction
-    constraints = {"constraints_func": BudgetConstraint(limit)} if limit is not None else {}
     if args.sampler == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=args.seed, **constraints)
+        sampler = optuna.samplers.NSGAIISampler(seed=args.seed)
     else:  # multivariate + group model conditional spaces jointly; constant liar spreads concurrent suggestions
-        sampler = optuna.samplers.TPESampler(seed=args.seed, multivariate=True, group=True, constant_liar=True,
-                                             **constraints)
+        sampler = optuna.samplers.TPESampler(seed=args.seed, multivariate=True, group=True, constant_liar=True)
     points = [preset_params(p.space, name) for name in p.space.presets]
     return TruthfulOptunaSearch(space=p.sampler, sampler=sampler, points_to_evaluate=points or None,
-                                max_steps=p.max_steps)
+                                max_steps=p.max_steps, max_fraction=args.max_param_fraction)
 
 
 def run_search(args: argparse.Namespace) -> int:
