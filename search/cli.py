@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 from pathlib import Path
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "spaces" / "smoke.yaml"
@@ -65,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def private_ray_token() -> None:
+    """Keep Ray's token authentication on for the local instance, with a fresh token of its own.
+
+    Ray binds its servers to every network interface (there is no loopback-only option), so without a token anyone
+    who can reach this machine could run code in the search. The token lives only in this process's environment,
+    which the Ray processes it starts inherit; nothing is written to ~/.ray. An explicit RAY_AUTH_MODE or token of
+    the user's is kept. Must run before `ray` is imported: Ray reads the mode once, at import.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] == "token" and not (os.environ.get("RAY_AUTH_TOKEN")
+                                                       or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # 256 bits, as `ray get-auth-token --generate`
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for key, value in (("TRANSFORMERS_VERBOSITY", "error"), ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0"),
@@ -74,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         # no score on purpose, which Ray's strict metric check would turn into a crash of the whole search.
         os.environ.setdefault(key, value)
     if args.address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance needs no token
+        private_ray_token()
     from search.driver import SearchError, run_search
 
     try:

@@ -67,6 +67,15 @@ def storage_folder(storage: str) -> Path:
     return Path(storage).expanduser().resolve()
 
 
+def search_name(name: str) -> str:
+    """A search is one folder directly inside --storage: a name that is a path is refused (`../x` would write beside
+    the storage folder, an absolute name would replace it)."""
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise SearchError(f"--name must be a single folder name inside --storage (no '/', '\\', or '..'), got "
+                          f"{name!r}; choose the folder with --storage and the search with --name")
+    return name
+
+
 def plan(args: argparse.Namespace) -> Plan:
     from trainables.models import config_for
     from trainables.tasks import get_task
@@ -89,7 +98,7 @@ def plan(args: argparse.Namespace) -> Plan:
     space = dataclasses.replace(space, train=sampled)  # fixed settings travel in `settings`, not the sampler
     sampler = SpaceSampler(space, model_config, task.kind)
     sampler(BranchWalker([]))  # prices one design now: builds the backbone's meta statistics before Ray starts
-    name = args.name or f"{Path(args.space).stem}-{task.name}"
+    name = search_name(args.name or f"{Path(args.space).stem}-{task.name}")
     storage = storage_folder(args.storage)
     settings = {"task": task.name, "model": cfg.model, "data_dir": args.data_dir, "train": fixed,
                 "trials_dir": str(storage / name / "trials"), "storage": str(storage),
@@ -143,13 +152,16 @@ def run_search(args: argparse.Namespace) -> int:
                                                                                        default=str)}, args.resume)
     # The parent's plots and hypervolume history are refreshed at most every 30 s while the search runs (a refresh
     # costs ~1 s at a dozen trials, ~4 s at 1,000: per trial it dominated orchestration) and once at the end.
+    outbox = search_dir / "tracking_outbox.json"  # MLflow records queued while the store is away (search/outbox.py)
     callback = MlflowSearchCallback(p.tracking_uri, parent_id, p.max_steps, str(search_dir / "report"),
-                                    refresh_every_s=30.0, num_samples=args.num_samples)
+                                    refresh_every_s=30.0, num_samples=args.num_samples, outbox=str(outbox))
     print(f"search {p.name!r}: {args.num_samples} trials of {p.task.name} from {p.space.path} | MLflow run "
           f"{parent_id} in {p.tracking_uri}")
     from search.tuner import fit
 
     fit(p, args, make_searcher(p, args), callback)
+    if outbox.exists():  # the callback said so; the records wait there for --resume
+        return 1
     from search.summary import finish
 
     finish(client, parent_id, p.tracking_uri, str(search_dir / "report"))
