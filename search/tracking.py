@@ -44,6 +44,10 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(database) if database and database != ":memory:" else None
 
 
+class UnusableStore(ValueError):
+    """A tracking store that cannot be created here, for a reason the message names in full."""
+
+
 def create_store(uri: str) -> None:
     """Create a SQLite store that does not exist yet, whole: under a file lock, in a temporary file renamed into place.
 
@@ -54,6 +58,11 @@ def create_store(uri: str) -> None:
     path = _sqlite_path(uri)
     if path is None or path.exists():
         return
+    artifacts = Path.cwd() / "mlruns"  # MLflow's default artifact root for a SQLite store
+    if "'" in str(artifacts) and '"' in str(artifacts):
+        raise UnusableStore(f"MLflow cannot create a SQLite store from a folder whose path holds both ' and \" (it "
+                            f"writes the default artifact path {str(artifacts)!r} into raw SQL); start the search "
+                            "from another folder, or pass --tracking-uri of an existing store or server")
     from filelock import FileLock
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +84,8 @@ def check_tracking(uri: str) -> MlflowClient:
             create_store(uri)
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)
+    except UnusableStore:
+        raise
     except Exception as err:  # noqa: BLE001 - any failure here means the same thing to the user
         fix = ("the file is not a usable MLflow store: move it aside (a new one is created) or pass --tracking-uri"
                if _sqlite_path(uri) else "start the server or pass --tracking-uri")

@@ -127,6 +127,9 @@ def test_unreachable_tracking_server_is_a_clear_error_at_start(monkeypatch: pyte
         (["--resume", "--name", "never-ran"], "error: --resume: no interrupted search named 'never-ran'"),
         (["--num-samples", "0"], "error: --num-samples and --concurrency must be >= 1, got 0, 2"),
         (["--storage", "s3://bucket/runs"], "error: --storage must be a folder reachable by every node"),
+        (["--name", "../x"], "error: --name must be a single folder name inside --storage (no '/', '\\', or '..'), "
+                             "got '../x'"),
+        (["--name", "/tmp/elsewhere"], "error: --name must be a single folder name inside --storage"),
     ],
 )
 def test_bad_input_fails_before_ray_starts(args: list[str], message: str, tmp_path: Path,

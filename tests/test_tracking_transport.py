@@ -80,6 +80,19 @@ def test_a_file_that_is_not_a_store_is_one_clear_line(tmp_path: Path) -> None:
                             "--tracking-uri")
 
 
+def test_a_store_mlflow_cannot_create_in_this_folder_is_one_clear_line(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # MLflow writes the default experiment's artifact path (<cwd>/mlruns) into raw SQL with Python's repr: a path
+    # with both quote kinds is a SQL syntax error (an MLflow defect; a path with one kind works).
+    cwd = tmp_path / "o'neil \"lab\""
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    with pytest.raises(ValueError, match=r"^MLflow cannot create a SQLite store from a folder whose path holds both "
+                                         r"' and \" .*; start the search from another folder, or pass --tracking-uri"):
+        check_tracking(f"sqlite:///{cwd / 'mlflow.db'}")
+    assert not (cwd / "mlflow.db").exists()
+
+
 class Clock:
     def __init__(self) -> None:
         self.t = 0.0
