@@ -131,6 +131,10 @@ def test_a_search_killed_with_sigkill_resumes_with_no_trial_lost_or_repeated(tmp
     assert 2 <= len(before) < 6
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # The counter continues from the trials already recorded (before: it restarted at [1/6]) and ends at [6/6].
+    progress = [int(line[1:].split("/")[0]) for line in resumed.stdout.splitlines() if line.startswith("[")]
+    recorded = sum(status in ("finished", "stopped", "failed", "skipped") for status in before.values())
+    assert progress[0] >= recorded >= 2 and progress[-1] == 6, (recorded, progress)
     after = {r.data.tags["petl.trial_id"]: r.data.tags["petl.status"] for r in children(client, parent_id)}
     finished = {tid for tid, status in after.items() if status == "finished"}
     assert len(finished) == 6  # exactly the requested number: none lost, none duplicated
