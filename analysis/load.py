@@ -22,8 +22,8 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
 from analysis.design import BASE_COLUMNS, SITES
+from analysis.mlflow_filter import PAGE_SIZE, tag_filter
 
-PAGE_SIZE = 1000  # the maximum MLflow accepts per search_runs page
 ROLE_TAG, STATUS_TAG, FIDELITY_TAG, MAX_FIDELITY_TAG = "petl.role", "petl.status", "petl.fidelity", "petl.max_fidelity"
 PRESET_TAG, FAILURE_TAG, PARETO_TAG = "petl.preset", "petl.failure", "petl.pareto"
 REUSED_TAG = "petl.reused_from"  # a duplicate config answered from an earlier trial's result: it trained 0 steps
@@ -110,7 +110,7 @@ def _find_parent(client: MlflowClient, experiment: str | None, parent_run_id: st
     exp_id = _experiment_id(client, experiment, names)
     # Newest search wins when one experiment holds several searches (re-runs, resumed studies).
     found = client.search_runs(
-        [exp_id], filter_string=f"tags.`{ROLE_TAG}` = 'search'", run_view_type=ViewType.ACTIVE_ONLY,
+        [exp_id], filter_string=tag_filter({ROLE_TAG: "search"}), run_view_type=ViewType.ACTIVE_ONLY,
         max_results=1, order_by=["attributes.start_time DESC"],
     )
     if not found:
@@ -126,7 +126,7 @@ def _child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> lis
     token: str | None = None
     while True:
         page = client.search_runs(
-            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+            [experiment_id], filter_string=tag_filter({"mlflow.parentRunId": parent_id}),
             run_view_type=ViewType.ACTIVE_ONLY, max_results=PAGE_SIZE, page_token=token,
         )
         runs.extend(page)

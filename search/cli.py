@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 
 from trainables.cost import DEFAULT_GPU, DEFAULT_UTILIZATION
 
@@ -33,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--data-dir", default=None, help="local files in the task's format instead of the hub")
     a.add_argument("--num-samples", type=int, default=8, help="trials to run in total, presets included")
     a.add_argument("--max-param-fraction", type=float, default=None,
-                   help="hard budget: designs storing more than this fraction of the backbone are skipped untrained "
-                   "and marked infeasible to the sampler, which then avoids them")
+                   help="hard budget: designs storing more than this fraction of the backbone are never trained; "
+                   "the sampler is told they are infeasible and draws again, so every trial is within the budget")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a training setting for every trial, over the recipe and the space, e.g. --set "
                    "max_steps=2000 or --set epochs=3 (repeatable)")
@@ -79,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def private_ray_token() -> None:
+    """Keep Ray's token authentication on for the local instance, with a fresh token of its own.
+
+    Ray binds its servers to every network interface (there is no loopback-only option), so without a token anyone
+    who can reach this machine could run code in the search. The token lives only in this process's environment,
+    which the Ray processes it starts inherit; nothing is written to ~/.ray. An explicit RAY_AUTH_MODE or token of
+    the user's is kept. Must run before `ray` is imported: Ray reads the mode once, at import.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] == "token" and not (os.environ.get("RAY_AUTH_TOKEN")
+                                                       or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # 256 bits, as `ray get-auth-token --generate`
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.json and not args.dry_run:
@@ -90,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         # no score on purpose, which Ray's strict metric check would turn into a crash of the whole search.
         os.environ.setdefault(key, value)
     if args.address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance needs no token
+        private_ray_token()
     from search.driver import SearchError, run_search
 
     try:

@@ -17,19 +17,16 @@ from search.space import preset_params
 def make_searcher(p: SearchPlan) -> Any:
     import optuna
 
-    from search.searcher import BudgetConstraint, TruthfulOptunaSearch
+    from search.searcher import TruthfulOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    limit = p.trial.max_param_fraction
-    constraints = {"constraints_func": BudgetConstraint(limit)} if limit is not None else {}
     if p.sampler_kind == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=p.seed, **constraints)
+        sampler = optuna.samplers.NSGAIISampler(seed=p.seed)
     else:  # multivariate + group model conditional spaces jointly; constant liar spreads concurrent suggestions
-        sampler = optuna.samplers.TPESampler(seed=p.seed, multivariate=True, group=True, constant_liar=True,
-                                             **constraints)
+        sampler = optuna.samplers.TPESampler(seed=p.seed, multivariate=True, group=True, constant_liar=True)
     points = [preset_params(p.space, name) for name in p.space.presets]
     return TruthfulOptunaSearch(space=p.sampler, sampler=sampler, points_to_evaluate=points or None,
-                                max_steps=p.max_steps)
+                                max_steps=p.max_steps, max_fraction=p.trial.max_param_fraction)
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -65,14 +62,17 @@ def run_search(args: argparse.Namespace) -> int:
                                                                                        default=str)}, args.resume)
     # The parent's plots and hypervolume history are refreshed at most every 30 s while the search runs (a refresh
     # costs ~1 s at a dozen trials, ~4 s at 1,000: per trial it dominated orchestration) and once at the end.
+    outbox = search_dir / "tracking_outbox.json"  # MLflow records queued while the store is away (search/outbox.py)
     callback = MlflowSearchCallback(p.tracking_uri, parent_id, p.max_steps, str(search_dir / "report"),
-                                    refresh_every_s=30.0, num_samples=p.num_samples)
+                                    refresh_every_s=30.0, num_samples=p.num_samples, outbox=str(outbox))
     print(f"search {p.name!r}: {p.num_samples} trials of {p.task.name} from {p.space.path} | {p.run.length}; "
           f"evaluated {p.run.interval}; rungs at {list(p.schedule.rungs) or 'none'} | MLflow run {parent_id} in "
           f"{p.tracking_uri}")
     from search.tuner import fit
 
     fit(p, make_searcher(p), callback, resume=args.resume)
+    if outbox.exists():  # the callback said so; the records wait there for --resume
+        return 1
     from search.summary import finish
 
     finish(client, parent_id, p.tracking_uri, str(search_dir / "report"))

@@ -37,7 +37,7 @@ class SpaceSampler:
     def __call__(self, trial: Any) -> dict[str, Any]:
         design, train, preset = self.space.sample(trial)
         counts = count_params(design, self.config, self.task_kind)
-        if hasattr(trial, "set_user_attr"):  # an Optuna trial (not a validation walker): read by BudgetConstraint
+        if hasattr(trial, "set_user_attr"):  # an Optuna trial (not a validation walker): kept in the study
             trial.set_user_attr("fraction", counts.fraction)
         preset = preset or next((n for n, d in self.presets.items() if d == design), None)
         return {"design": design.to_dict(), "train": train, "fraction": counts.fraction, "preset": preset,
@@ -112,6 +112,15 @@ def storage_folder(storage: str) -> Path:
     return Path(storage).expanduser().resolve()
 
 
+def search_name(name: str) -> str:
+    """A search is one folder directly inside --storage: a name that is a path is refused (`../x` would write beside
+    the storage folder, an absolute name would replace it)."""
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise SearchError(f"--name must be a single folder name inside --storage (no '/', '\\', or '..'), got "
+                          f"{name!r}; choose the folder with --storage and the search with --name")
+    return name
+
+
 def plan(args: argparse.Namespace) -> SearchPlan:
     """Resolve and check everything; raises SearchError (one line) on bad input."""
     from trainables.models import check_lengths, config_for
@@ -137,7 +146,7 @@ def plan(args: argparse.Namespace) -> SearchPlan:
         sampler(BranchWalker([]))  # prices one design now: the model family must fit, and the meta statistics build
     except ValueError as err:
         raise SearchError(str(err)) from None
-    name = args.name or f"{Path(args.space).stem}-{run.task.name}"
+    name = search_name(args.name or f"{Path(args.space).stem}-{run.task.name}")
     storage = storage_folder(args.storage)
     trial = TrialContext(run=run, trials_dir=str(storage / name / "trials"), results_dir=str(storage / name / "results"),
                          storage=str(storage), max_param_fraction=args.max_param_fraction,

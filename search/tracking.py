@@ -4,6 +4,12 @@ Logging from the driver (a Ray Tune callback) means workers never need to reach 
 decides each trial's final status: finished, stopped early at step N, failed with its reason, or skipped (over the
 parameter budget). Child runs are keyed by Ray's trial id, so a resumed search continues its runs instead of
 duplicating them. After every completed trial the parent's Pareto plots and hypervolume history are refreshed.
+
+Transport: every write goes through `search.outbox.Outbox`, so a tracking server that is away for a while (a restart,
+a network blip) delays records instead of killing the search. On `--resume` the callback rebuilds its counts and
+step points from the store, so the progress counter continues and no step is logged twice. Searches are looked up
+by exact tag values (`analysis.mlflow_filter`), never by filter strings pasted from paths or names. A fresh SQLite
+store is created once, whole (`create_store`), so searches started together in one folder cannot break it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from analysis.mlflow_filter import runs_where
+from search.outbox import Outbox, http_policy, is_transient
 from search.searcher import outcome
 from trainables.design import DesignPoint
 
@@ -27,16 +35,62 @@ _STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED", "ski
 PARENT_KEY = "petl.search_dir"
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+class UnusableStore(ValueError):
+    """A tracking store that cannot be created here, for a reason the message names in full."""
+
+
+def create_store(uri: str) -> None:
+    """Create a SQLite store that does not exist yet, whole: under a file lock, in a temporary file renamed into place.
+
+    MLflow builds its schema on first use through a chain of migrations; two searches starting together in one
+    folder ran them at once on one file (`duplicate column name`, `_alembic_tmp_* already exists`) and could leave it
+    broken for good. Here a store file either does not exist or holds a complete schema. Other URIs: nothing to do.
+    """
+    path = _sqlite_path(uri)
+    if path is None or path.exists():
+        return
+    artifacts = Path.cwd() / "mlruns"  # MLflow's default artifact root for a SQLite store
+    if "'" in str(artifacts) and '"' in str(artifacts):
+        raise UnusableStore(f"MLflow cannot create a SQLite store from a folder whose path holds both ' and \" (it "
+                            f"writes the default artifact path {str(artifacts)!r} into raw SQL); start the search "
+                            "from another folder, or pass --tracking-uri of an existing store or server")
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        if path.exists():  # another search created it while we waited
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
 def check_tracking(uri: str) -> MlflowClient:
-    """Fail fast (seconds, not after an hour of training) when the tracking store cannot be reached."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    client = MlflowClient(tracking_uri=uri)
+    """Fail fast (seconds, not after an hour of training) with one line when the tracking store cannot be used."""
     try:
-        client.search_experiments(max_results=1)
+        with http_policy(retries=0, timeout_s=10):
+            create_store(uri)
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+    except UnusableStore:
+        raise
     except Exception as err:  # noqa: BLE001 - any failure here means the same thing to the user
+        fix = ("the file is not a usable MLflow store: move it aside (a new one is created) or pass --tracking-uri"
+               if _sqlite_path(uri) else "start the server or pass --tracking-uri")
         raise ValueError(f"cannot reach the MLflow tracking store at {uri!r} ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:200]}); start the server or pass --tracking-uri") from None
+                         f"{str(err).strip().splitlines()[0][:200]}); {fix}") from None
     return client
 
 
@@ -56,7 +110,7 @@ def parent_run(client: MlflowClient, experiment: str, search_dir: str, params: M
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     if resume:
-        found = client.search_runs([exp_id], f"tags.`{PARENT_KEY}` = '{search_dir}'", max_results=1)
+        found = runs_where(client, [exp_id], {"petl.role": "search", PARENT_KEY: search_dir})
         if found:
             client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
@@ -87,20 +141,29 @@ def _error_reason(trial: Any) -> str:
 
 
 class MlflowSearchCallback(Callback):
+    """Ray Tune callback that writes the search's child runs; writes are queued through an `Outbox`."""
+
     def __init__(self, tracking_uri: str, parent_id: str, max_steps: int, report_dir: str,
-                 refresh_every_s: float = 0.0, num_samples: int = 0) -> None:
+                 refresh_every_s: float = 0.0, num_samples: int = 0, outbox: str | None = None,
+                 wait_at_end_s: float = 900.0) -> None:
         self.tracking_uri, self.parent_id, self.max_steps = tracking_uri, parent_id, max_steps
-        self.num_samples = num_samples
-        self._front: list[tuple[float, float]] = []
+        self.num_samples, self.wait_at_end_s = num_samples, wait_at_end_s
         self.report_dir, self.refresh_every_s = report_dir, refresh_every_s
+        self.outbox = Outbox(outbox, f"the MLflow tracking store at {tracking_uri}")
+        self._reset()
+
+    def _reset(self) -> None:
+        self._front: list[tuple[float, float]] = []
         self._client: MlflowClient | None = None
-        self._runs: dict[str, str] = {}
+        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._steps: dict[str, set[int]] = {}  # trial id -> evaluation steps already in its run
         self._last: dict[str, dict] = {}
+        self._done: set[str] = set()  # trials whose final status is recorded
         self._refreshed = 0.0
         self._running: set[str] = set()
         self.counts = {"finished": 0, "stopped": 0, "failed": 0, "skipped": 0}
 
-    def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks with the experiment state
+    def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks into tuner.pkl when the search starts
         state = dict(self.__dict__)
         state["_client"] = None
         return state
@@ -111,79 +174,148 @@ class MlflowSearchCallback(Callback):
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
-    def _run_for(self, trial: Any) -> str:
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
+    def setup(self, **info: Any) -> None:
+        """At the start of a search and of every `--resume` (whose callback is the one pickled at the start):
+        continue from what the store already holds, then send what a killed driver left queued."""
+        self._reset()
+        left = self.outbox.load()
+        try:
+            with http_policy(retries=0, timeout_s=10):
+                self._resync()
+        except Exception as err:  # noqa: BLE001 - progress counts are cosmetic; records are not at stake here
+            print(f"tracking: could not read earlier trials back ({type(err).__name__}); counting from 0", flush=True)
+        if left:
+            print(f"tracking: {left} record(s) queued by an earlier driver; logging them first", flush=True)
+            self.outbox.flush(self._send)
+
+    def _resync(self) -> None:
         parent = self.client.get_run(self.parent_id)
-        found = self.client.search_runs(
-            [parent.info.experiment_id],
-            f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.`petl.trial_id` = '{trial.trial_id}'")
-        if found:
-            self._runs[trial.trial_id] = found[0].info.run_id
-            self.client.update_run(found[0].info.run_id, status="RUNNING")
-            return found[0].info.run_id
-        cfg = trial.config
-        tags = {"mlflow.parentRunId": self.parent_id, "petl.role": "trial", "petl.trial_id": trial.trial_id,
+        for run in runs_where(self.client, [parent.info.experiment_id], {"mlflow.parentRunId": self.parent_id}):
+            trial_id, state = run.data.tags.get("petl.trial_id"), run.data.tags.get("petl.status")
+            if trial_id is None:
+                continue
+            self._runs[trial_id] = run.info.run_id
+            if state in self.counts:
+                self.counts[state] += 1
+                self._done.add(trial_id)
+                if state == "finished" and "score" in run.data.metrics:
+                    self._front.append((run.data.metrics["score"], run.data.metrics["fraction"]))
+
+    # -- writes: each one a JSON-able record, sent (or queued) in order ------------------------------------------
+
+    def _write(self, op: dict[str, Any]) -> None:
+        self.outbox.put(op)
+        if self.outbox.due() or len(self.outbox.ops) == 1:
+            self.outbox.flush(self._send)
+
+    def _send(self, op: dict[str, Any]) -> None:
+        {"open": self._open_run, "metrics": self._log_metrics, "close": self._close_run}[op["op"]](op)
+
+    def _find_run(self, trial_id: str) -> str | None:
+        if trial_id not in self._runs:
+            parent = self.client.get_run(self.parent_id)
+            found = runs_where(self.client, [parent.info.experiment_id],
+                               {"mlflow.parentRunId": self.parent_id, "petl.trial_id": trial_id})
+            if found:
+                self._runs[trial_id] = found[0].info.run_id
+        return self._runs.get(trial_id)
+
+    def _open_run(self, op: dict[str, Any]) -> None:
+        trial_id, cfg = op["trial"], op["config"]
+        run_id = self._find_run(trial_id)
+        if run_id is not None:  # a restarted trial, or a resumed search: continue its run
+            self.client.update_run(run_id, status="RUNNING")
+            return
+        parent = self.client.get_run(self.parent_id)
+        tags = {"mlflow.parentRunId": self.parent_id, "petl.role": "trial", "petl.trial_id": trial_id,
                 "petl.max_fidelity": str(self.max_steps), "petl.status": "running"}
         if cfg.get("preset"):
             tags["petl.preset"] = cfg["preset"]
-        run = self.client.create_run(parent.info.experiment_id, run_name=trial.trial_id, tags=tags)
-        run_id = self._runs[trial.trial_id] = run.info.run_id
+        run = self.client.create_run(parent.info.experiment_id, run_name=trial_id, tags=tags)
+        run_id = self._runs[trial_id] = run.info.run_id
+        self._steps[trial_id] = set()
         design = DesignPoint.from_dict(cfg["design"])
         params = {**design.to_params(), **{f"train.{k}": v for k, v in cfg.get("train", {}).items()}}
         counts = cfg.get("counts", {})
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()], metrics=[
-            Metric(k, float(v), int(time.time() * 1000), 0) for k, v in
+            Metric(k, float(v), op["time"], 0) for k, v in
             {"fraction": cfg["fraction"], "params.trainable": counts.get("trainable", math.nan),
              "params.stored": counts.get("stored", math.nan)}.items()])
         self.client.set_tag(run_id, "petl.design", design.describe())
-        return run_id
+
+    def _log_metrics(self, op: dict[str, Any]) -> None:
+        trial_id, step = op["trial"], op["step"]
+        run_id = self._find_run(trial_id)
+        if run_id is None:
+            raise _missing_run(trial_id)
+        if trial_id not in self._steps:  # a run from before a restart: its steps are in the store
+            self._steps[trial_id] = {m.step for m in self.client.get_metric_history(run_id, "score")}
+        if step in self._steps[trial_id]:
+            return  # a step reported again (a trial answered from its own result after a driver kill)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, op["time"], step) for k, v in op["metrics"].items()])
+        self._steps[trial_id].add(step)
+
+    def _close_run(self, op: dict[str, Any]) -> None:
+        run_id = self._find_run(op["trial"])
+        if run_id is None:
+            raise _missing_run(op["trial"])
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
+        self.client.set_terminated(run_id, _STATUS[op["state"]], end_time=op["time"])
+
+    # -- Ray Tune events -------------------------------------------------------------------------------------------
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.outbox.due():  # retry queued records (with backoff) while the search runs
+            self.outbox.flush(self._send)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._run_for(trial)
         self._running.add(trial.trial_id)
+        self._write({"op": "open", "trial": trial.trial_id, "config": trial.config, "time": _now_ms()})
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._last[trial.trial_id] = result
         if "score" not in result:
             return
-        now, step = int(time.time() * 1000), int(result["step"])
-        keys = ["score", "selected_score", "selected_step", "loss", "eval_loss", "tokens_per_s",
-                "elapsed_s"] + [k for k in result if
-                                                                            k.startswith("metric.")]
-        metrics = [Metric(k, float(result[k]), now, step) for k in keys if isinstance(result.get(k), (int, float))]
-        self.client.log_batch(self._run_for(trial), metrics=metrics)
+        keys = ["score", "selected_score", "selected_step", "loss", "eval_loss", "tokens_per_s", "elapsed_s"] + [
+            k for k in result if k.startswith("metric.")]
+        self._write({"op": "metrics", "trial": trial.trial_id, "step": int(result["step"]), "time": _now_ms(),
+                     "metrics": {k: float(result[k]) for k in keys if isinstance(result.get(k), (int, float))}})
 
     def _finish(self, trial: Any, state: str, result: Mapping[str, Any] | None, reason: str | None) -> None:
-        run_id = self._run_for(trial)
         fidelity = int((result or {}).get("step", 0))
-        tags = [RunTag("petl.status", state), RunTag("petl.fidelity", str(fidelity))]
+        tags = {"petl.status": state, "petl.fidelity": str(fidelity)}
         if state == "stopped":
-            tags.append(RunTag("petl.stopped_at", str(fidelity)))
+            tags["petl.stopped_at"] = str(fidelity)
         if reason:
-            tags.append(RunTag("petl.failure", reason[:5000]))
+            tags["petl.failure"] = reason[:5000]
         if (result or {}).get("reused_from"):  # an identical config's result, not trained again
-            tags.append(RunTag("petl.reused_from", str(result["reused_from"])))
-        self.client.log_batch(run_id, tags=tags)
-        self.client.set_terminated(run_id, _STATUS[state])  # before the report: it orders trials by end time
-        self.counts[state] += 1
+            tags["petl.reused_from"] = str(result["reused_from"])
+        # Closed before the report refresh: the report orders trials by end time.
+        self._write({"op": "close", "trial": trial.trial_id, "state": state, "tags": tags, "time": _now_ms()})
+        again = trial.trial_id in self._done  # recorded before a driver kill, then run again by --resume
+        if not again:
+            self.counts[state] += 1
+            self._done.add(trial.trial_id)
+            if state == "finished" and result is not None:
+                self._front.append((float(result["selected_score"]), float(trial.config["fraction"])))
         self._running.discard(trial.trial_id)
-        if state == "finished" and result is not None:
-            self._front.append((float(result["selected_score"]), float(trial.config["fraction"])))
         self._refresh()
-        self._progress(trial, state, result)
+        self._progress(trial, state, result, again)
 
-    def _progress(self, trial: Any, state: str, result: Mapping[str, Any] | None) -> None:
+    def _progress(self, trial: Any, state: str, result: Mapping[str, Any] | None, again: bool = False) -> None:
         import numpy as np
 
         from analysis.pareto import pareto_mask
 
         done = sum(self.counts.values())
         line = (f"[{done}/{self.num_samples}] {trial.trial_id} {state}"
+                + (" (already recorded before the restart)" if again else "")
                 + (f" score {result['selected_score']:.4f}" if state == "finished" and result else "")
                 + (f" (reused from {result['reused_from']})" if result and result.get("reused_from") else "")
                 + f" @ {100 * float(trial.config['fraction']):.3f}% | {len(self._running)} running, "
                 + ", ".join(f"{v} {k}" for k, v in self.counts.items() if v))
+        if self.outbox.ops:
+            line += f" | {len(self.outbox.ops)} record(s) queued for tracking"
         if self._front:
             scores, fractions = np.array(self._front).T
             best = scores.max()
@@ -199,16 +331,39 @@ class MlflowSearchCallback(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "failed", self._last.get(trial.trial_id), _error_reason(trial))
 
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Log what is still queued, waiting out an outage for up to `wait_at_end_s`; what is left stays on disk."""
+        if not self.outbox.drain(self._send, self.wait_at_end_s):
+            print(f"tracking: {len(self.outbox.ops)} record(s) could not be logged; they are kept in "
+                  f"{self.outbox.path} and logged by the same command with --resume once the store is back",
+                  flush=True)
+
     def _refresh(self) -> None:
-        if time.time() - self._refreshed < self.refresh_every_s:
-            return
+        if time.time() - self._refreshed < self.refresh_every_s or self.outbox.ops:
+            return  # the store is away (records queued): refresh once they are in
         from analysis.report import update_search_report
 
         try:
-            update_search_report(self.client, self.parent_id, self.report_dir, importance=False)
+            with http_policy(retries=0, timeout_s=10):
+                update_search_report(self.client, self.parent_id, self.report_dir, importance=False)
         except ValueError:
             pass  # too few finished trials for a plot yet
+        except Exception as err:  # noqa: BLE001 - a report refresh is redone at the end; never worth the search
+            if not is_transient(err):
+                raise
         self._refreshed = time.time()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _missing_run(trial_id: str) -> Exception:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    return MlflowException(f"no run for trial {trial_id} (its opening record was refused)",
+                           error_code=RESOURCE_DOES_NOT_EXIST)
 
 
 def close_interrupted(client: Any, parent_id: str) -> list[str]:
@@ -219,8 +374,7 @@ def close_interrupted(client: Any, parent_id: str) -> list[str]:
     Their partial steps are lost; left RUNNING they would look alive forever.
     """
     parent = client.get_run(parent_id)
-    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}' and "
-                              "attributes.status = 'RUNNING'")
+    runs = runs_where(client, [parent.info.experiment_id], {"mlflow.parentRunId": parent_id}, status="RUNNING")
     for run in runs:
         client.set_tag(run.info.run_id, "petl.status", "interrupted")
         client.set_terminated(run.info.run_id, "KILLED")

@@ -27,12 +27,15 @@ from trainables.report import TrialFailure
 if TYPE_CHECKING:
     from search.plan import TrialContext
 
+OWN_RESULT = "result.json"  # in a trial's folder, beside petl.safetensors: its final metrics
+
 
 class ResultMemo:
-    """Final results of this search's full-fidelity trials, one JSON file per config under <search>/results/."""
+    """Final results of this search's full-fidelity trials: one JSON file per config under <search>/results/ (shared
+    with later trials of the same config) and the trial's own copy in its folder (`result.json`)."""
 
     def __init__(self, folder: str | Path, config: Mapping[str, Any], cfg: TrainConfig, trial_id: str,
-                 workers: int = 1) -> None:
+                 workers: int = 1, share: bool = True) -> None:
         train = dataclasses.asdict(cfg)
         for key in ("out_dir", "keep_resume_state"):  # where the trial writes, not what it computes
             train.pop(key, None)
@@ -40,22 +43,32 @@ class ResultMemo:
         blob = json.dumps({"design": config["design"], "train": train, "workers": workers}, sort_keys=True,
                           default=str)
         self.path = Path(folder) / f"{hashlib.sha256(blob.encode()).hexdigest()[:32]}.json"
-        self.trial_id, self.max_steps = trial_id, cfg.max_steps
+        self.own_path = Path(cfg.out_dir) / OWN_RESULT if cfg.out_dir else None
+        self.trial_id, self.max_steps, self.share = trial_id, cfg.max_steps, share
 
     def lookup(self) -> dict[str, Any] | None:
-        """The first run's final metrics, with `reused_from` naming its trial; None if no such run finished."""
-        if not self.path.exists():
+        """This trial's own final result if it already reached full fidelity (it is being run again because the
+        driver was killed before it saw the end): answered as itself. Else, when shared, another trial's result of
+        the same config with `reused_from` naming that trial. None when neither exists."""
+        if self.own_path is not None and self.own_path.exists():
+            return dict(json.loads(self.own_path.read_text())["metrics"])
+        if not self.share or not self.path.exists():
             return None
         stored = json.loads(self.path.read_text())
+        if stored["trial_id"] == self.trial_id:
+            return dict(stored["metrics"])
         return {**stored["metrics"], "reused_from": stored["trial_id"]}
 
     def record(self, metrics: Mapping[str, Any]) -> None:
         if metrics.get("failed") or metrics.get("score") is None or int(metrics.get("step", 0)) < self.max_steps:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"trial_id": self.trial_id, "metrics": dict(metrics)}, default=float))
-        os.replace(tmp, self.path)  # atomic on one filesystem: a reader never sees half a file
+        blob = json.dumps({"trial_id": self.trial_id, "metrics": dict(metrics)}, default=float)
+        for path in (self.own_path, self.path if self.share else None):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(blob)
+                os.replace(tmp, path)  # atomic on one filesystem: a reader never sees half a file
 
 
 class TuneReporter:
@@ -114,11 +127,11 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     design = DesignPoint.from_dict(config["design"])
     trial_id = tune.get_context().get_trial_id()
     cfg = _train_config(config, context, trial_id)
-    memo = None if context.rerun_duplicates else ResultMemo(context.results_dir, config, cfg, trial_id,
-                                                            context.workers_per_trial)
-    reused = memo.lookup() if memo else None
-    if reused:
-        tune.report(reused)
+    memo = ResultMemo(context.results_dir, config, cfg, trial_id, context.workers_per_trial,
+                      share=not context.rerun_duplicates)
+    answer = memo.lookup()
+    if answer:
+        tune.report(answer)
         return
     if context.workers_per_trial > 1:
         _run_distributed(design, cfg, context, fraction, memo)

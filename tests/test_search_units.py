@@ -128,6 +128,9 @@ def test_unreachable_tracking_server_is_a_clear_error_at_start(monkeypatch: pyte
         (["--resume", "--name", "never-ran"], "error: --resume: no interrupted search named 'never-ran'"),
         (["--num-samples", "0"], "error: --num-samples and --concurrency must be >= 1, got 0, 2"),
         (["--storage", "s3://bucket/runs"], "error: --storage must be a folder reachable by every node"),
+        (["--name", "../x"], "error: --name must be a single folder name inside --storage (no '/', '\\', or '..'), "
+                             "got '../x'"),
+        (["--name", "/tmp/elsewhere"], "error: --name must be a single folder name inside --storage"),
     ],
 )
 def test_bad_input_fails_before_ray_starts(args: list[str], message: str, tmp_path: Path,
@@ -189,29 +192,3 @@ def test_result_memo_keys_on_what_the_trial_computes_and_records_only_full_fidel
     assert same.lookup() is None
     memo.record({"step": 4, "score": 0.75, "loss": 0.3, "fraction": 0.01})
     assert same.lookup() == {"step": 4, "score": 0.75, "loss": 0.3, "fraction": 0.01, "reused_from": "first"}
-
-
-def test_over_budget_designs_are_infeasible_to_the_sampler() -> None:
-    from search.searcher import BudgetConstraint
-
-    def priced(trial) -> dict:
-        size = trial.suggest_categorical("ffn.size", [4, 64])
-        trial.set_user_attr("fraction", size / 1000)  # as SpaceSampler does
-        return {"fraction": size / 1000}
-
-    sampler = optuna.samplers.TPESampler(seed=0, constraints_func=BudgetConstraint(0.01))
-    searcher = TruthfulOptunaSearch(space=priced, max_steps=30, sampler=sampler)
-    for tid in ("a", "b", "c", "d"):
-        config = searcher.suggest(tid)
-        if config["fraction"] > 0.01:
-            searcher.on_trial_complete(tid, {"over_budget": 1, "step": 0, "fraction": config["fraction"]})
-        else:
-            searcher.on_trial_complete(tid, {"step": 30, "score": 0.8, "selected_score": 0.8,
-                                             "fraction": config["fraction"]})
-    assert {t.params["ffn.size"] for t in searcher.study.trials} == {4, 64}  # both kinds were drawn
-    for t in searcher.study.trials:
-        over = t.params["ffn.size"] == 64
-        assert t.state == (TrialState.PRUNED if over else TrialState.COMPLETE)
-        assert t.system_attrs["constraints"] == pytest.approx((0.054,) if over else (-0.006,))
-        assert t.user_attrs.get("outcome") == ("skipped" if over else None)
-

@@ -5,7 +5,7 @@ A trial folder holds
     petl.safetensors      the trained parameters by name (prefix MLPs folded away: what inference needs), of the
                           checkpoint selected by the run's select_metric / select_mode (`trainables.selection`)
     selected.safetensors  while training: the selected checkpoint so far, unfolded
-    resume/               while training: unfolded parameters, optimizer, scheduler and RNG state, step
+    resume/               while training: what resuming needs (see `save_resume`); read back `weights_only`
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainables.design import DesignPoint
+from trainables.engine import TorchEngine, deepspeed_load_state, deepspeed_save_state, safe_load
 from trainables.inject import Injection, fold_prefixes, inject
 
-DESIGN_FILE, WEIGHTS_FILE, RESUME_DIR, SELECTED_FILE = "design.json", "petl.safetensors", "resume", \
-    "selected.safetensors"
+DESIGN_FILE, WEIGHTS_FILE, RESUME_DIR, STATE_FILE = "design.json", "petl.safetensors", "resume", "state.pt"
+SELECTED_FILE = "selected.safetensors"
 
 
 def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -48,32 +49,80 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], origin: Path) -
             params[name].copy_(tensor.to(params[name].dtype))
 
 
-def save_resume(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, step: int, extra: dict) -> None:
-    tmp = folder / (RESUME_DIR + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(trained_state(model), str(tmp / WEIGHTS_FILE))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
-                **extra}, tmp / "state.pt")
-    final = folder / RESUME_DIR
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)  # a crash mid-save leaves the previous resume state intact
+def _rank() -> int:
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_rank() if dist else 0
 
 
-def load_resume(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any] | None:
-    """Restore the last resume point; returns its state dict (with `step`) or None when there is none."""
-    src = folder / RESUME_DIR
-    if not (src / "state.pt").is_file():
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator a training step draws from (dropout), as tensors and plain data (`weights_only`-loadable)."""
+    np_state = np.random.get_state(legacy=False)
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {**np_state, "state": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                                            "pos": int(np_state["state"]["pos"])}},
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state({**np_state, "state": {"key": np_state["state"]["key"].numpy().astype(np.uint32),
+                                               "pos": np_state["state"]["pos"]}})
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_resume(folder: Path, engine: Any, step: int, extra: dict[str, Any]) -> None:
+    """Write the resume point of `step`; every rank calls it. A crash at any moment leaves a complete point.
+
+    The new point is filled in `resume.tmp/`, then swapped in by two renames (`resume/` → `resume.old/`,
+    `resume.tmp/` → `resume/`); `load_resume` falls back to `resume.old/` if a crash fell between them.
+    """
+    tmp, final, old = (folder / f"{RESUME_DIR}{suffix}" for suffix in (".tmp", "", ".old"))
+    lead = _rank() == 0
+    if lead:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    client = {"step": step, "rng": rng_state(), **extra}
+    if isinstance(engine, TorchEngine):
+        if lead:
+            save_file(trained_state(engine.module), str(tmp / WEIGHTS_FILE))
+            torch.save({**engine.state_dict(), "client": client}, tmp / STATE_FILE)
+    else:
+        deepspeed_save_state(engine, tmp, client)
+    _barrier()
+    if lead:
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+
+
+def load_resume(folder: Path, engine: Any) -> dict[str, Any] | None:
+    """Restore the last resume point into `engine` (parameters, optimizer, schedule, RNG); returns its client
+    state (`step`, ...) or None when there is none. Files are read `weights_only`: see `trainables.engine.safe_load`.
+    """
+    src = next((d for d in (folder / RESUME_DIR, folder / f"{RESUME_DIR}.old") if d.is_dir()), None)
+    if src is None:
         return None
-    _load_into(model, load_file(str(src / WEIGHTS_FILE)), src)
-    state = torch.load(src / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
-    return state
+    if isinstance(engine, TorchEngine):
+        _load_into(engine.module, load_file(str(src / WEIGHTS_FILE)), src)
+        state = safe_load(src / STATE_FILE)
+        engine.load_state_dict(state)
+        client = state["client"]
+    else:
+        client = deepspeed_load_state(engine, src)
+    set_rng_state(client["rng"])
+    return client
 
 
 def save_selected(folder: Path, model: nn.Module) -> None:

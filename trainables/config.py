@@ -20,6 +20,10 @@ ENGINES = ("auto", "torch", "deepspeed")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("polynomial", "linear", "cosine", "constant")  # transformers.get_scheduler names; see loop.lr_schedule
 SELECT_MODES = ("max", "min")
+# ZeRO-3 would partition the frozen backbone too; the PETL checkpoints, prefix folding and beam-search evaluation
+# here read whole parameters, so stage 3 is refused rather than crashing at the first checkpoint. Stages 0-2 shard
+# only the (small) trained state, and every one of them resumes exactly (tests/test_resume.py).
+ZERO_STAGES = (0, 1, 2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,7 +141,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "select_mode": (lambda v: v in SELECT_MODES, f"must be one of {list(SELECT_MODES)}"),
     "engine": (lambda v: v in ENGINES, f"must be one of {list(ENGINES)}"),
     "precision": (lambda v: v in PRECISIONS, f"must be one of {list(PRECISIONS)}"),
-    "zero_stage": (lambda v: v in (0, 1, 2, 3), "must be 0, 1, 2 or 3"),
+    "zero_stage": (lambda v: v in ZERO_STAGES, "must be 0, 1 or 2 (ZeRO-3 would partition the frozen backbone, which "
+                   "PETL checkpoints and evaluation read whole; use 2 to shard the trained state)"),
 }
 
 

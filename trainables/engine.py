@@ -1,15 +1,21 @@
 """The one place a training engine is built: DeepSpeed (ZeRO stage, bf16/fp16 from the run config) or plain PyTorch.
 
 Both expose the same four calls the loop uses: `engine(**batch)`, `engine.backward(loss)`, `engine.step()` (an
-optimizer step only at a gradient-accumulation boundary, with clipping) and `engine.module`.
+optimizer step only at a gradient-accumulation boundary, with clipping) and `engine.module`. What a resumed trial
+needs beyond its parameters is `TorchEngine.state_dict()` or, for DeepSpeed, its own checkpoint API
+(`deepspeed_save_state`: the fp32 master copy, ZeRO shards, schedule, loss scale); `trainables.checkpoint` writes
+both into a trial's resume folder. Every such file is read back with `safe_load` (`weights_only=True`): resume state
+lives in shared storage, and an unpickled file there would run code on every worker that resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,6 +61,86 @@ class TorchEngine:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the parameters alone do not hold: optimizer moments, schedule position, loss scale, micro-step."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None, "micro": self.micro}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.micro = state["micro"]
+
+
+DS_TAG = "deepspeed"
+
+
+def _deepspeed_safe_globals() -> list[Any]:
+    """The plain-data classes DeepSpeed's optimizer checkpoints pickle (loss scalers, the ZeRO stage enum, the
+    fragment addresses of bf16/ZeRO flat buffers): allow-listed for `weights_only` loading; nothing else is."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_load(path: str | Path, map_location: Any = None) -> Any:
+    """`torch.load(weights_only=True)`: tensors and plain containers only, so a planted pickle cannot run code.
+
+    Raises ValueError naming the file when it holds anything else.
+    """
+    allowed = _deepspeed_safe_globals() if "deepspeed" in sys.modules else []
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        why = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "not a tensor file")
+        raise ValueError(f"{path}: resume state holds more than tensors and plain data ({why[:160]}); refusing to "
+                         "unpickle it. Delete the trial's resume/ folder to restart the trial from step 0") from None
+
+
+def _use_safe_loading(engine: Any) -> None:
+    """Adapter: DeepSpeed's TorchCheckpointEngine loads with `weights_only=False`; swap in one that does not.
+
+    `checkpoint_engine` is the attribute every non-MoE `load_checkpoint` path reads files through;
+    tests/test_resume.py plants a pickle in a DeepSpeed checkpoint and fails if DeepSpeed stops reading through it.
+    """
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    class SafeCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location: Any = None) -> Any:
+            return safe_load(path, map_location)
+
+    if type(engine.checkpoint_engine) is not TorchCheckpointEngine:
+        raise RuntimeError(f"DeepSpeed checkpoint engine {type(engine.checkpoint_engine).__name__} is not "
+                           "TorchCheckpointEngine; its loads would not be weights_only")
+    engine.checkpoint_engine = SafeCheckpointEngine()
+
+
+def deepspeed_save_state(engine: Any, folder: Path, client_state: dict[str, Any]) -> None:
+    """DeepSpeed's own checkpoint API: the module without its frozen backbone, the ZeRO/bf16 optimizer with its
+    fp32 master partitions, the LR schedule, the loss scale. Every rank calls it (ZeRO writes one shard per rank).
+
+    Restoring only the module and the wrapped torch optimizer leaves the master copy at the initial weights, and
+    the next step overwrites the restored ones: resumed trials silently restarted (issue 12).
+    """
+    engine.save_checkpoint(str(folder), tag=DS_TAG, client_state={"petl": client_state},
+                           exclude_frozen_parameters=True)
+
+
+def deepspeed_load_state(engine: Any, folder: Path) -> dict[str, Any]:
+    """Restore what `deepspeed_save_state` wrote, reading every file with `weights_only=True`; returns client_state."""
+    _use_safe_loading(engine)
+    path, client = engine.load_checkpoint(str(folder), tag=DS_TAG, load_module_strict=False)
+    if path is None:
+        raise ValueError(f"{folder}: no DeepSpeed checkpoint tagged {DS_TAG!r}; delete the trial's resume/ folder "
+                         "to restart the trial from step 0")
+    return client["petl"]
 
 
 def _free_port() -> int:

@@ -202,7 +202,7 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
     engine = make_engine(model, optimizer, scheduler, cfg)
     device = next(engine.module.parameters()).device
     out_dir = Path(cfg.out_dir) if cfg.out_dir else None
-    state = load_resume(out_dir, engine.module, optimizer, scheduler) if out_dir else None
+    state = load_resume(out_dir, engine) if out_dir else None
     start = state["step"] if state else 0
     selection = Selection.from_state(state and state.get("selection"), cfg.select_metric, cfg.select_mode)
     tally, t0, last = Tally(), time.perf_counter(), {}
@@ -225,8 +225,8 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
         selected_now = selection.offer(last)
         last.update(selection.report())
         tally.run_loss, tally.run_n = 0.0, 0
-        if rank == 0 and out_dir:
-            _save(out_dir, engine.module, optimizer, scheduler, design, step, cfg, selection, selected_now, last)
+        if out_dir:
+            _save(out_dir, engine, design, step, cfg, selection, selected_now, last, rank)
         reporter.report(last)  # every rank: Ray Train's report is a collective that all workers must join
 
     return TrialResult(step=cfg.max_steps, score=last.get("score", math.nan),
@@ -235,13 +235,19 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
                        out_dir=str(out_dir) if out_dir else None, model=engine.module, engine=type(engine).__name__)
 
 
-def _save(out_dir: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, design: DesignPoint, step: int,
-          cfg: TrainConfig, selection: Selection, selected_now: bool, last: dict[str, Any]) -> None:
-    """After an evaluation: keep a newly selected checkpoint, then resume state, or at max_steps the final one."""
+def _save(out_dir: Path, engine: Any, design: DesignPoint, step: int, cfg: TrainConfig, selection: Selection,
+          selected_now: bool, last: dict[str, Any], rank: int) -> None:
+    """After an evaluation: keep a newly selected checkpoint, then resume state, or at max_steps the final one.
+
+    Every rank calls it: DeepSpeed writes one ZeRO shard per rank into the resume point; rank 0 writes the rest.
+    """
+    model = engine.module
     if step != cfg.max_steps:
-        if selected_now:
+        if selected_now and rank == 0:
             save_selected(out_dir, model)
-        save_resume(out_dir, model, optimizer, scheduler, step, {"selection": selection.state()})
+        save_resume(out_dir, engine, step, {"selection": selection.state()})
+        return
+    if rank != 0:
         return
     if not selected_now:  # the checkpoint that counts is an earlier one: its weights are what the trial keeps
         restore_selected(out_dir, model)
