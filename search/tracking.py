@@ -8,7 +8,6 @@ duplicating them. After every completed trial the parent's Pareto plots and hype
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import time
@@ -20,11 +19,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from search import contract as C
 from search.searcher import outcome
 from trainables.design import DesignPoint
 
-_STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED", "skipped": "KILLED"}
-PARENT_KEY = "petl.search_dir"
+PARENT_KEY = C.SEARCH_DIR_TAG
 
 
 def check_tracking(uri: str) -> MlflowClient:
@@ -60,9 +59,7 @@ def parent_run(client: MlflowClient, experiment: str, search_dir: str, params: M
         if found:
             client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
-    run = client.create_run(exp_id, run_name=Path(search_dir).name, tags={
-        "petl.role": "search", PARENT_KEY: search_dir, "petl.code_version": code_version(),
-        "mlflow.source.git.commit": code_version()})
+    run = client.create_run(exp_id, run_name=Path(search_dir).name, tags=C.parent_tags(search_dir, code_version()))
     run_id = run.info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     for name, text in artifacts.items():
@@ -98,7 +95,7 @@ class MlflowSearchCallback(Callback):
         self._last: dict[str, dict] = {}
         self._refreshed = 0.0
         self._running: set[str] = set()
-        self.counts = {"finished": 0, "stopped": 0, "failed": 0, "skipped": 0}
+        self.counts = {C.FINISHED: 0, C.STOPPED: 0, C.FAILED: 0, C.SKIPPED: 0}
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks with the experiment state
         state = dict(self.__dict__)
@@ -117,26 +114,20 @@ class MlflowSearchCallback(Callback):
         parent = self.client.get_run(self.parent_id)
         found = self.client.search_runs(
             [parent.info.experiment_id],
-            f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.`petl.trial_id` = '{trial.trial_id}'")
+            f"tags.`{C.PARENT_RUN_TAG}` = '{self.parent_id}' and tags.`{C.TRIAL_ID_TAG}` = '{trial.trial_id}'")
         if found:
             self._runs[trial.trial_id] = found[0].info.run_id
             self.client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
         cfg = trial.config
-        tags = {"mlflow.parentRunId": self.parent_id, "petl.role": "trial", "petl.trial_id": trial.trial_id,
-                "petl.max_fidelity": str(self.max_steps), "petl.status": "running"}
-        if cfg.get("preset"):
-            tags["petl.preset"] = cfg["preset"]
+        design = DesignPoint.from_dict(cfg["design"])
+        tags = C.trial_tags(parent_id=self.parent_id, trial_id=trial.trial_id, max_steps=self.max_steps, design=design,
+                            preset=cfg.get("preset"), replicate=cfg.get("replicate"))
         run = self.client.create_run(parent.info.experiment_id, run_name=trial.trial_id, tags=tags)
         run_id = self._runs[trial.trial_id] = run.info.run_id
-        design = DesignPoint.from_dict(cfg["design"])
-        params = {**design.to_params(), **{f"train.{k}": v for k, v in cfg.get("train", {}).items()}}
-        counts = cfg.get("counts", {})
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()], metrics=[
-            Metric(k, float(v), int(time.time() * 1000), 0) for k, v in
-            {"fraction": cfg["fraction"], "params.trainable": counts.get("trainable", math.nan),
-             "params.stored": counts.get("stored", math.nan)}.items()])
-        self.client.set_tag(run_id, "petl.design", design.describe())
+        now, params = int(time.time() * 1000), C.trial_params(design, cfg.get("train", {}))
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()], metrics=[
+            Metric(k, v, now, 0) for k, v in C.count_metrics(cfg["fraction"], cfg.get("counts", {})).items()])
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -145,29 +136,22 @@ class MlflowSearchCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._last[trial.trial_id] = result
-        if "score" not in result:
+        if C.SCORE not in result:
             return
         now, step = int(time.time() * 1000), int(result["step"])
-        keys = ["score", "loss", "eval_loss", "tokens_per_s", "elapsed_s"] + [k for k in result if
-                                                                            k.startswith("metric.")]
-        metrics = [Metric(k, float(result[k]), now, step) for k in keys if isinstance(result.get(k), (int, float))]
+        metrics = [Metric(k, v, now, step) for k, v in C.step_metrics(result).items()]
         self.client.log_batch(self._run_for(trial), metrics=metrics)
 
     def _finish(self, trial: Any, state: str, result: Mapping[str, Any] | None, reason: str | None) -> None:
         run_id = self._run_for(trial)
         fidelity = int((result or {}).get("step", 0))
-        tags = [RunTag("petl.status", state), RunTag("petl.fidelity", str(fidelity))]
-        if state == "stopped":
-            tags.append(RunTag("petl.stopped_at", str(fidelity)))
-        if reason:
-            tags.append(RunTag("petl.failure", reason[:5000]))
-        if (result or {}).get("reused_from"):  # an identical config's result, not trained again
-            tags.append(RunTag("petl.reused_from", str(result["reused_from"])))
-        self.client.log_batch(run_id, tags=tags)
-        self.client.set_terminated(run_id, _STATUS[state])  # before the report: it orders trials by end time
+        # reused_from: an identical config's result, not trained again
+        tags = C.final_tags(state, fidelity, reason, (result or {}).get("reused_from"))
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(run_id, C.MLFLOW_STATUS[state])  # before the report: it orders trials by end time
         self.counts[state] += 1
         self._running.discard(trial.trial_id)
-        if state == "finished" and result is not None:
+        if state == C.FINISHED and result is not None:
             self._front.append((float(result["score"]), float(trial.config["fraction"])))
         self._refresh()
         self._progress(trial, state, result)
@@ -218,9 +202,9 @@ def close_interrupted(client: Any, parent_id: str) -> list[str]:
     Their partial steps are lost; left RUNNING they would look alive forever.
     """
     parent = client.get_run(parent_id)
-    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`{C.PARENT_RUN_TAG}` = '{parent_id}' and "
                               "attributes.status = 'RUNNING'")
     for run in runs:
-        client.set_tag(run.info.run_id, "petl.status", "interrupted")
-        client.set_terminated(run.info.run_id, "KILLED")
-    return [r.data.tags.get("petl.trial_id", r.info.run_id) for r in runs]
+        client.set_tag(run.info.run_id, C.STATUS_TAG, C.INTERRUPTED)
+        client.set_terminated(run.info.run_id, C.MLFLOW_STATUS[C.INTERRUPTED])
+    return [r.data.tags.get(C.TRIAL_ID_TAG, r.info.run_id) for r in runs]
