@@ -32,6 +32,11 @@ class SpaceSampler:
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         design, train, preset = self.space.sample(trial)
+        return self.price(design, train, preset, trial)
+
+    def price(self, design: Any, train: dict[str, Any], preset: str | None = None, trial: Any = None
+              ) -> dict[str, Any]:
+        """The trial config of `design` with `train` overrides, priced exactly on this search's model."""
         counts = count_params(design, self.config, self.task_kind)
         if hasattr(trial, "set_user_attr"):  # an Optuna trial (not a validation walker): read by BudgetConstraint
             trial.set_user_attr("fraction", counts.fraction)
@@ -51,6 +56,8 @@ class Plan:
     settings: dict[str, Any]
     max_steps: int
     sampler: SpaceSampler
+    seed: int = 0  # the resolved training seed: the first replicate's
+    reference: Any = None  # search.contract.Reference: the hypervolume reference score of the task
 
 
 def storage_folder(storage: str) -> Path:
@@ -81,7 +88,7 @@ def plan(args: argparse.Namespace) -> Plan:
         cfg = TrainConfig.for_task(task.name, model=args.model or space.model, data_dir=args.data_dir,
                                    **fixed, **probe)  # validates every fixed setting and the sampled ones' types
         model_config = config_for(task, cfg.model)
-        if args.num_samples < 1 or args.concurrency < 1:
+        if (args.num_samples is not None and args.num_samples < 1) or args.concurrency < 1:
             raise SearchError(f"--num-samples and --concurrency must be >= 1, got {args.num_samples}, "
                               f"{args.concurrency}")
     except ValueError as err:
@@ -98,10 +105,60 @@ def plan(args: argparse.Namespace) -> Plan:
                 "rerun_duplicates": args.rerun_duplicates}
     return Plan(space=space, task=task, name=name, storage=storage,
                 tracking_uri=args.tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}",
-                experiment=args.experiment or name, settings=settings, max_steps=cfg.max_steps, sampler=sampler)
+                experiment=args.experiment or name, settings=settings, max_steps=cfg.max_steps, sampler=sampler,
+                seed=cfg.seed, reference=task_reference(task, cfg))
 
 
-def make_searcher(p: Plan, args: argparse.Namespace) -> Any:
+def task_reference(task: Any, cfg: TrainConfig) -> Any:
+    """The hypervolume reference score: majority class of the evaluation examples when they are local or generated
+    (read once, cheaply), else chance; 0 for BLEU/ROUGE."""
+    from search.contract import task_reference as reference
+
+    labels = None
+    if task.kind == "classification" and (task.generated or cfg.data_dir):
+        from trainables.data import load_examples
+
+        try:
+            labels = [int(e["label"]) for e in load_examples(task, "validation", cfg.data_dir, limit=cfg.eval_cap,
+                                                             seed=cfg.seed)]
+        except (OSError, ValueError):  # unreadable data fails the trials with its own message; chance will do here
+            labels = None
+    return reference(task.name, labels)
+
+
+def make_searcher(p: Plan, args: argparse.Namespace) -> tuple[Any, int]:
+    """(searcher, trials to run): each evaluated design under `--seeds` replicate seeds (search/replicates.py)."""
+    from search.replicates import ReplicateSearcher, replicate_seeds
+
+    try:
+        seeds = replicate_seeds(args.seeds, p.seed)
+        configs = study_configs(p, args)
+    except ValueError as err:
+        raise SearchError(str(err)) from None
+    if configs is not None:
+        from search.study import ConfigListSearcher, planned_trials
+
+        best_lr = bool(getattr(args, "seeds_at_best_lr", False))
+        return (ConfigListSearcher(configs, seeds, p.max_steps, best_lr=best_lr),
+                planned_trials(configs, len(seeds), best_lr))
+    return ReplicateSearcher(optuna_searcher(p, args), seeds, p.max_steps), (args.num_samples or 8) * len(seeds)
+
+
+def study_configs(p: Plan, args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """The fixed configs of a study (a grid, or a front handed over by search.reevaluate); None for an optimizer."""
+    front = getattr(args, "front", None)
+    if front is not None:
+        from trainables.design import DesignPoint
+
+        return [p.sampler.price(DesignPoint.from_dict(c["design"]), c["train"], c.get("preset")) for c in front]
+    if args.sampler != "grid":
+        return None
+    from search.study import grid_configs
+
+    return grid_configs(p.space, p.sampler, p.sampler.price)
+
+
+def optuna_searcher(p: Plan, args: argparse.Namespace) -> Any:
     import optuna
 
     from search.searcher import BudgetConstraint, TruthfulOptunaSearch
@@ -119,11 +176,27 @@ def make_searcher(p: Plan, args: argparse.Namespace) -> Any:
                                 max_steps=p.max_steps)
 
 
+def resolve_study_flags(args: argparse.Namespace) -> None:
+    """A study (a grid or a given front) trains every config to full fidelity: no early stopping, no sample count."""
+    study = args.sampler == "grid" or getattr(args, "front", None) is not None
+    if study and args.scheduler not in (None, "none"):
+        raise SearchError(f"a study (--sampler grid, or a re-evaluated front) trains every design to full fidelity, "
+                          f"so it cannot use early stopping; got --scheduler {args.scheduler}: drop it")
+    if study and args.num_samples is not None:
+        raise SearchError(f"a study trains every configuration it lists (x --seeds); got --num-samples "
+                          f"{args.num_samples}: drop it, or list fewer values in the space")
+    if getattr(args, "seeds_at_best_lr", False) and not study:
+        raise SearchError("--seeds-at-best-lr chooses each design's lr among a grid's listed values; it needs "
+                          "--sampler grid")
+    args.scheduler = args.scheduler or ("none" if study else "pareto")
+
+
 def run_search(args: argparse.Namespace) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*experimental.*")
+    resolve_study_flags(args)
     p = plan(args)
     from search.tracking import MlflowSearchCallback, check_tracking, parent_run
 
@@ -138,21 +211,26 @@ def run_search(args: argparse.Namespace) -> int:
     if not args.resume and search_dir.exists() and any(search_dir.iterdir()):
         raise SearchError(f"a search named {p.name!r} already exists under {p.storage}; pass --resume to continue "
                           "it or --name to start another")
-    resolved = {"space": p.space.path, "task": p.task.name, **{f"run.{k}": v for k, v in vars(args).items()},
+    searcher, trials = make_searcher(p, args)  # a grid's bad ranges fail here, before anything is created
+    resolved = {"space": p.space.path, "task": p.task.name,
+                **{f"run.{k}": v for k, v in vars(args).items() if k != "front"},
                 **{f"settings.{k}": v for k, v in p.settings.items()}}
     parent_id = parent_run(client, p.experiment, str(search_dir), {k: json.dumps(v) if not isinstance(v, str) else v
                                                                    for k, v in resolved.items()},
                            {"space.yaml": p.space.text, "run_config.json": json.dumps(resolved, indent=2,
                                                                                        default=str)}, args.resume)
+    from search.contract import reference_tags
+
+    client.set_tags(parent_id, reference_tags(p.reference, p.task.metric))
     # The parent's plots and hypervolume history are refreshed at most every 30 s while the search runs (a refresh
     # costs ~1 s at a dozen trials, ~4 s at 1,000: per trial it dominated orchestration) and once at the end.
     callback = MlflowSearchCallback(p.tracking_uri, parent_id, p.max_steps, str(search_dir / "report"),
-                                    refresh_every_s=30.0, num_samples=args.num_samples)
-    print(f"search {p.name!r}: {args.num_samples} trials of {p.task.name} from {p.space.path} | MLflow run "
-          f"{parent_id} in {p.tracking_uri}")
+                                    refresh_every_s=30.0, num_samples=trials)
+    print(f"search {p.name!r}: {trials} trials of {p.task.name} from {p.space.path} ({args.seeds} seed"
+          f"{'s' if args.seeds != 1 else ''} per design, {args.sampler}) | MLflow run {parent_id} in {p.tracking_uri}")
     from search.tuner import fit
 
-    fit(p, args, make_searcher(p, args), callback)
+    fit(p, args, searcher, callback, num_samples=trials)
     from search.summary import finish
 
     finish(client, parent_id, p.tracking_uri, str(search_dir / "report"))

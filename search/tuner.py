@@ -24,8 +24,11 @@ def _init_ray(address: str | None, num_cpus: float | None) -> None:
                  log_to_driver=False)
 
 
-def fit(plan: Any, args: argparse.Namespace, searcher: Any, callback: Any) -> None:
-    """Run (or resume) the search; every outcome lands in MLflow through `callback`."""
+def fit(plan: Any, args: argparse.Namespace, searcher: Any, callback: Any, num_samples: int | None = None) -> None:
+    """Run (or resume) the search; every outcome lands in MLflow through `callback`.
+
+    `num_samples`: Ray trials in all (designs x replicate seeds, see search/replicates.py); default `--num-samples`.
+    """
     from ray import tune
 
     from search.trial import run_trial
@@ -45,7 +48,8 @@ def fit(plan: Any, args: argparse.Namespace, searcher: Any, callback: Any) -> No
                                    reduction_factor=args.reduction_factor, bands_per_decade=args.bands_per_decade)
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                        num_samples=num_samples or args.num_samples,
                                         max_concurrent_trials=args.concurrency,
                                         # A fresh worker costs ~1.5 s to launch plus ~4 s of torch/transformers
                                         # imports per trial; reusing it is safe because train() writes the final

@@ -1,0 +1,124 @@
+"""Study mode: a fixed list of trial configs instead of an optimizer.
+
+`--sampler grid` trains every combination of a space's listed values (sites, options, training settings; a space's
+presets too), each under its replicate seeds, with early stopping off: a study compares designs, so every one must
+reach full fidelity. With `--seeds-at-best-lr` the listed learning rates are a selection, not a factor: every
+combination is trained once (first seed), then each design's other seeds only at its best lr (highest full-fidelity
+score; ties go to the lr listed first). `python -m search.reevaluate` uses the same searcher for a finished search's
+Pareto front. A study resumes like any search (`--resume`): this searcher's queue is saved with Ray's state, and
+configs already trained to full fidelity are answered by the result memo.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ray.tune.search import Searcher
+
+from search import contract as C
+from search.replicates import with_replicate
+from search.searcher import outcome
+from search.space import SearchSpace, iter_branches
+
+GRID_LIMIT = 100_000  # combinations; beyond this a grid is not a study a search should run
+
+
+def lr_free_key(config: dict[str, Any]) -> str:
+    """The design key without the learning rate: what `--seeds-at-best-lr` chooses an lr for."""
+    return C.design_key({k: v for k, v in C.config_params(config).items() if k != f"{C.TRAIN_PREFIX}lr"})
+
+
+def _ranges(space: SearchSpace) -> list[str]:
+    dims = [d for site in space.sites.values() for d in site.values()] + list(space.train.values())
+    dims.append(space.prompt_length)
+    return [f"{d.name} = {{low: {d.low:g}, high: {d.high:g}}}" for d in dims if d.kind in ("int", "float")]
+
+
+def grid_configs(space: SearchSpace, sample: Callable[[Any], dict[str, Any]],
+                 price: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every combination of `space`'s listed values as a trial config, then its presets at each training combination.
+
+    `sample` is the search's define-by-run (`SpaceSampler`), `price(design, train, preset)` prices one design.
+    Raises ValueError naming the first numeric range (a grid needs listed values) or an oversized grid.
+    """
+    ranges = _ranges(space)
+    if ranges:
+        raise ValueError(f"--sampler grid trains every combination of listed values, but {ranges[0]} is a range; "
+                         "list the values to study instead, e.g. lr: [1.0e-4, 3.0e-4, 1.0e-3]")
+    configs = list(iter_branches(sample, limit=GRID_LIMIT + 1))
+    if len(configs) > GRID_LIMIT:
+        raise ValueError(f"--sampler grid: the space has more than {GRID_LIMIT:,} combinations; list fewer values")
+    if space.sites:
+        from trainables.presets import get_preset
+
+        trains = list(iter_branches(lambda t: {k: d.sample(t) for k, d in space.train.items()}))
+        configs += [price(get_preset(name).design, train, name) for name in space.presets for train in trains]
+    unique: dict[str, dict[str, Any]] = {}
+    for c in configs:
+        unique.setdefault(C.design_key(C.config_params(c)), c)
+    return list(unique.values())
+
+
+def planned_trials(configs: Sequence[dict[str, Any]], seeds: int, best_lr: bool) -> int:
+    """Trials a study runs: every config under every seed, or (best lr) every config once plus the other seeds of
+    each design at one lr (an upper bound: a design none of whose lrs finished gets no further seeds)."""
+    if not best_lr:
+        return len(configs) * seeds
+    return len(configs) + len({lr_free_key(c) for c in configs}) * (seeds - 1)
+
+
+class ConfigListSearcher(Searcher):
+    """Hands out a fixed list of configs in order, each under its replicate seeds; FINISHED when all are out."""
+
+    def __init__(self, configs: Sequence[dict[str, Any]], seeds: Sequence[int], max_steps: int,
+                 best_lr: bool = False) -> None:
+        super().__init__(metric=C.SCORE, mode="max")
+        self.seeds, self.max_steps, self.best_lr = list(seeds), max_steps, best_lr
+        n = len(self.seeds)
+        firsts = range(1) if best_lr else range(n)
+        self._queue = [with_replicate(c, seed=self.seeds[i], index=i, count=n) for c in configs for i in firsts]
+        self._order = {C.design_key(C.config_params(c)): i for i, c in enumerate(configs)}
+        self._open: dict[str, int] = {}  # lr-free design key -> its first-seed trials not yet ended
+        self._done: dict[str, list[tuple[float, int, dict[str, Any]]]] = {}  # -> (score, list position, config)
+        if best_lr:
+            for c in configs:
+                self._open[lr_free_key(c)] = self._open.get(lr_free_key(c), 0) + 1
+        self._first: dict[str, dict[str, Any]] = {}  # Ray trial id -> first-seed config (best lr only)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self._queue:
+            config = self._queue.pop(0)
+            if self.best_lr and config["replicate"]["index"] == 0:
+                self._first[trial_id] = config
+            return config
+        if any(self._open.values()):
+            return None  # waiting for a design's learning rates to finish before its other seeds
+        return Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        config = self._first.pop(trial_id, None)
+        if config is None:
+            return
+        key = lr_free_key(config)
+        self._open[key] -= 1
+        if outcome(result, self.max_steps, error) == C.FINISHED:
+            position = self._order.get(config["replicate"]["key"], 0)
+            self._done.setdefault(key, []).append((float(result[C.SCORE]), -position, config))  # type: ignore[index]
+        if self._open[key] == 0 and self._done.get(key):
+            best = max(self._done[key], key=lambda t: (t[0], t[1]))[2]
+            n = len(self.seeds)
+            self._queue += [with_replicate(best, seed=s, index=i, count=n) for i, s in enumerate(self.seeds) if i]
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(copy.deepcopy(self.__dict__), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
