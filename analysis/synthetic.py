@@ -181,7 +181,8 @@ def fabricate_search(client: MlflowClient, experiment: str, n_trials: int = 12, 
         parent_run_id = parent.info.run_id
         client.log_param(parent_run_id, C.TASK_PARAM, "sst2")
         if reference is not None:
-            client.set_tags(parent_run_id, C.reference_tags(reference, "accuracy"))
+            client.log_batch(parent_run_id, tags=[RunTag(k, v) for k, v in C.reference_tags(reference,
+                                                                                            "accuracy").items()])
     out = SyntheticSearch(experiment_id=exp_id, parent_run_id=parent_run_id)
     records = (records_of(trials, parent_id=parent_run_id, t0=t0) if trials is not None  # type: ignore[arg-type]
                else trial_records(n_trials, parent_id=parent_run_id, **kwargs))  # type: ignore[arg-type]

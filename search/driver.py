@@ -155,7 +155,7 @@ def study_configs(p: Plan, args: argparse.Namespace) -> list[dict[str, Any]] | N
         return None
     from search.study import grid_configs
 
-    return grid_configs(p.space, p.sampler, p.sampler.price)
+    return grid_configs(p.space, p.sampler)
 
 
 def optuna_searcher(p: Plan, args: argparse.Namespace) -> Any:
@@ -219,9 +219,11 @@ def run_search(args: argparse.Namespace) -> int:
                                                                    for k, v in resolved.items()},
                            {"space.yaml": p.space.text, "run_config.json": json.dumps(resolved, indent=2,
                                                                                        default=str)}, args.resume)
+    from mlflow.entities import RunTag
+
     from search.contract import reference_tags
 
-    client.set_tags(parent_id, reference_tags(p.reference, p.task.metric))
+    client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in reference_tags(p.reference, p.task.metric).items()])
     # The parent's plots and hypervolume history are refreshed at most every 30 s while the search runs (a refresh
     # costs ~1 s at a dozen trials, ~4 s at 1,000: per trial it dominated orchestration) and once at the end.
     callback = MlflowSearchCallback(p.tracking_uri, parent_id, p.max_steps, str(search_dir / "report"),

@@ -1,7 +1,7 @@
 """Study mode: a fixed list of trial configs instead of an optimizer.
 
 `--sampler grid` trains every combination of a space's listed values (sites, options, training settings; a space's
-presets too), each under its replicate seeds, with early stopping off: a study compares designs, so every one must
+presets are among them), each under its replicate seeds, with early stopping off: a study compares designs, so every one must
 reach full fidelity. With `--seeds-at-best-lr` the listed learning rates are a selection, not a factor: every
 combination is trained once (first seed), then each design's other seeds only at its best lr (highest full-fidelity
 score; ties go to the lr listed first). `python -m search.reevaluate` uses the same searcher for a finished search's
@@ -36,11 +36,10 @@ def _ranges(space: SearchSpace) -> list[str]:
     return [f"{d.name} = {{low: {d.low:g}, high: {d.high:g}}}" for d in dims if d.kind in ("int", "float")]
 
 
-def grid_configs(space: SearchSpace, sample: Callable[[Any], dict[str, Any]],
-                 price: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every combination of `space`'s listed values as a trial config, then its presets at each training combination.
+def grid_configs(space: SearchSpace, sample: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every combination of `space`'s listed values as a trial config (`sample` is the search's define-by-run,
+    `SpaceSampler`). A space's presets are among them: loading a space checks that it can express each one.
 
-    `sample` is the search's define-by-run (`SpaceSampler`), `price(design, train, preset)` prices one design.
     Raises ValueError naming the first numeric range (a grid needs listed values) or an oversized grid.
     """
     ranges = _ranges(space)
@@ -50,11 +49,6 @@ def grid_configs(space: SearchSpace, sample: Callable[[Any], dict[str, Any]],
     configs = list(iter_branches(sample, limit=GRID_LIMIT + 1))
     if len(configs) > GRID_LIMIT:
         raise ValueError(f"--sampler grid: the space has more than {GRID_LIMIT:,} combinations; list fewer values")
-    if space.sites:
-        from trainables.presets import get_preset
-
-        trains = list(iter_branches(lambda t: {k: d.sample(t) for k, d in space.train.items()}))
-        configs += [price(get_preset(name).design, train, name) for name in space.presets for train in trains]
     unique: dict[str, dict[str, Any]] = {}
     for c in configs:
         unique.setdefault(C.design_key(C.config_params(c)), c)
