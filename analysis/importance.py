@@ -1,6 +1,8 @@
 """fANOVA importance over what varies: which of a search's design parameters explain its scores (or budgets).
 
-Each design (replicate seeds averaged, `analysis.groups`) is one observation. The parameters are what actually varies:
+Each design is one observation (replicate seeds averaged, collapsed runs left out and each design at its best lr, as
+in the like-for-like effects, so the two sections of a report speak of the same designs). The parameters are what
+actually varies:
 
 - a site's presence is one parameter (`ffn.present`), when the site is modified in some designs and not in others;
 - a site's settings count only where the site is active: a setting that never varies among the designs that modify
@@ -24,8 +26,9 @@ import optuna
 import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from analysis.design import SITE_NAMES, design_columns, is_active, train_columns
+from analysis.design import SITE_NAMES, design_columns, is_active, reference_of, train_columns
 from analysis.groups import design_groups
+from analysis.matching import designs_of
 from analysis.pareto import MIN_FRACTION
 
 MIN_TRIALS = 3  # fANOVA fits a random forest; below 3 points every split is arbitrary
@@ -90,28 +93,44 @@ def _distribution(values: list[Hashable]) -> tuple[BaseDistribution, list[Hashab
     return CategoricalDistribution(sorted(set(labels))), labels
 
 
+def observations(df: pd.DataFrame, target: str, include_train: bool = False) -> tuple[pd.DataFrame, np.ndarray, str]:
+    """(one row of params per observation, the target per observation, what an observation is).
+
+    For the score, the designs of the like-for-like effects (`analysis.matching.designs_of`): replicate seeds
+    averaged, collapsed runs left out, each design at its best lr when lr was searched (unless `include_train` asks
+    for the training settings as parameters: then every configuration). For the fraction, every configuration.
+    """
+    if target == "fraction":
+        groups = design_groups(df)
+        values = np.log10(np.maximum(groups["fraction"].to_numpy(dtype=float), MIN_FRACTION))
+        return df.iloc[groups["row"].to_numpy()].reset_index(drop=True), values, "configurations"
+    chosen = designs_of(df, reference_of(df), lr="equal" if include_train else "auto")
+    first = df.drop_duplicates("design_key").set_index("design_key")
+    rows = first.loc[[d.key for d in chosen.designs]].reset_index()
+    basis = ("designs at their best lr" if chosen.lr_mode == "best" else "configurations") + (
+        f", {chosen.collapsed_runs} collapsed run(s) left out" if chosen.collapsed_runs else "")
+    return rows, np.array([d.scores.mean() for d in chosen.designs]), basis
+
+
 def param_importance(df: pd.DataFrame, target: str = "score", include_train: bool = False) -> pd.Series:
     """fANOVA importance of each varying design parameter for `target` ("score", or "fraction" on a log10 scale).
 
-    One observation per design group (full-fidelity runs, replicate seeds averaged). Falls back to PED-ANOVA if fANOVA
-    fails on degenerate data. Returns a Series summing to 1, most important first; `attrs["evaluator"]` names the
-    evaluator and `attrs["designs"]` the number of designs. Raises ValueError with fewer than MIN_TRIALS designs or
-    when nothing varies.
+    Observations: see `observations`. Falls back to PED-ANOVA if fANOVA fails on degenerate data. Returns a Series
+    summing to 1, most important first; `attrs` carry `evaluator`, `designs` (observations) and `basis`. Raises
+    ValueError with fewer than MIN_TRIALS observations or when nothing varies.
     """
-    groups = design_groups(df)
-    if len(groups) < MIN_TRIALS:
+    rows, values, basis = observations(df, target, include_train)
+    if len(rows) < MIN_TRIALS:
         raise ValueError(f"param_importance needs at least {MIN_TRIALS} designs with a full-fidelity {target}; "
-                         f"got {len(groups)}.")
-    rows = df.iloc[groups["row"].to_numpy()].reset_index(drop=True)
+                         f"got {len(rows)}.")
     cols = design_columns(df) + (train_columns(df) if include_train else [])
     params = varying_parameters(rows, cols)
     if not params:
         raise ValueError("param_importance: no design parameter varies across the full-fidelity designs.")
-    values = groups[target].to_numpy(dtype=float)
-    if target == "fraction":  # budgets span decades; importance of the order of magnitude is what matters
-        values = np.log10(np.maximum(values, MIN_FRACTION))
     encoded = {name: _distribution(vals) for name, vals in params.items()}
-    return _fanova(encoded, values, "minimize" if target == "fraction" else "maximize", target)
+    out = _fanova(encoded, values, "minimize" if target == "fraction" else "maximize", target)
+    out.attrs["basis"] = basis
+    return out
 
 
 def _fanova(encoded: dict[str, tuple[BaseDistribution, list[Hashable]]], values: np.ndarray, direction: str,

@@ -50,10 +50,10 @@ def header(df: pd.DataFrame, groups: pd.DataFrame, hv: float, ref: Reference) ->
             f"- trials: {len(df)} (finished {counts.get('finished', 0)}, of which full fidelity "
             f"{int(df['full_fidelity'].sum())}; early-stopped {counts.get('stopped', 0)}; failed "
             f"{counts.get('failed', 0)}; other {other})",
-            f"- designs with a full-fidelity score: {len(groups)} ({per}); a design's score is the mean over its "
-            "replicate seeds",
-            f"- hypervolume: {hv:.4g} (score above the reference x decades of fraction below {REFERENCE.ref_fraction:g}; "
-            "design means, full-fidelity runs only)",
+            f"- configurations (a design with its training settings) with a full-fidelity score: {len(groups)} "
+            f"({per}); each scores the mean over its replicate seeds",
+            f"- hypervolume: {hv:.4g} (score above the reference x decades of fraction below "
+            f"{REFERENCE.ref_fraction:g}; configuration means, full-fidelity runs only)",
             f"- hypervolume reference score: {ref.score:.4g} ({ref.basis}); override with --reference-score", ""]
 
 
@@ -79,13 +79,14 @@ def family_table(groups: pd.DataFrame, ref: Reference) -> list[str]:
     on_front = set(groups.loc[group_front(groups), "design_key"])
     rows = []
     for fam, g in groups.groupby(groups["family"].fillna("unknown"), sort=False):
-        rows.append([fam, len(g), f"{g['score'].max():.4g}", f"{_pct(g['fraction'].min())} .. {_pct(g['fraction'].max())}",
+        span = f"{_pct(g['fraction'].min())} .. {_pct(g['fraction'].max())}"
+        rows.append([fam, len(g), f"{g['score'].max():.4g}", span,
                      f"{hypervolume(g['score'], g['fraction'], ref_score=ref.score):.4g}",
                      int(g["design_key"].isin(on_front).sum())])
     rows.sort(key=lambda r: -float(r[4]))
     return ["", "## Hypervolume per design family", "",
             f"Each family's own front against the same reference score ({ref.score:.4g}).", ""] + md_table(
-        ["family", "designs", "best score", "fraction range", "hypervolume", "on the overall front"], rows)
+        ["family", "configurations", "best score", "fraction range", "hypervolume", "on the overall front"], rows)
 
 
 def presets_table(df: pd.DataFrame, groups: pd.DataFrame) -> list[str]:
@@ -139,7 +140,8 @@ def importance_section(importance: pd.Series | None) -> list[str]:
     if importance is None or not len(importance):
         return []
     return ["", f"## Parameter importance for score ({importance.attrs.get('evaluator', '')}, "
-                f"{importance.attrs.get('designs', '?')} designs, parameters that vary)", ""] + md_table(
+                f"{importance.attrs.get('designs', '?')} {importance.attrs.get('basis', 'designs')}, parameters "
+                "that vary)", ""] + md_table(
         ["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in importance.head(12).items()])
 
 

@@ -62,8 +62,15 @@ def _xs(values: pd.Series | np.ndarray) -> np.ndarray:
 
 def front_figure_png(df: pd.DataFrame, path: str | Path, title: str | None = None,
                      reference: Reference | None = None) -> Path:
-    """Designs by family with seed error bars, the Pareto front as a step line, the reference score; ~1000x700 PNG."""
-    path, ref = Path(path), reference or reference_of(df)
+    """`front_figure` written as a ~1000x700 PNG."""
+    path = Path(path)
+    front_figure(df, title, reference).savefig(path, dpi=DPI)
+    return path
+
+
+def front_figure(df: pd.DataFrame, title: str | None = None, reference: Reference | None = None) -> Figure:
+    """Configurations by family with ±1 std seed error bars, the Pareto front as a step line, the reference score."""
+    ref = reference or reference_of(df)
     fig = Figure(figsize=FIG_SIZE_IN, dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -76,14 +83,14 @@ def front_figure_png(df: pd.DataFrame, path: str | Path, title: str | None = Non
         ax.errorbar(x, y, yerr=np.where(g["n_seeds"] > 1, err, np.nan), fmt="none", ecolor=colors[fam], alpha=0.7,
                     capsize=3, zorder=1)
         ax.scatter(x[~opt], y[~opt], s=MARKER_SIZE, c=colors[fam], alpha=DOMINATED_ALPHA, edgecolors="none",
-                   label=f"{fam} ({len(g)} design{'s' if len(g) != 1 else ''})", zorder=2)
+                   label=f"{fam} ({len(g)} config{'s' if len(g) != 1 else ''})", zorder=2)
         ax.scatter(x[opt], y[opt], s=MARKER_SIZE * 1.8, c=colors[fam], edgecolors=COLORS["front"], linewidths=1.4,
-                   zorder=4, label=None if (~opt).any() else f"{fam} ({len(g)} design{'s' if len(g) != 1 else ''})")
+                   zorder=4, label=None if (~opt).any() else f"{fam} ({len(g)} config{'s' if len(g) != 1 else ''})")
     if optimal.any():
         front = groups[optimal].sort_values("fraction")
         # steps-post: between two front points the best score reachable at that budget is the left one's.
         ax.plot(_xs(front["fraction"]), front["score"], drawstyle="steps-post", color=COLORS["front"], lw=1.2,
-                zorder=3, label=f"Pareto front ({int(optimal.sum())} designs, mean over seeds)")
+                zorder=3, label=f"Pareto front ({int(optimal.sum())} configs, mean over seeds)")
     _partial_and_failed(ax, df, colors)
     for _, g in groups[groups["preset"].notna()].iterrows():
         ax.annotate(str(g["preset"]), (max(g["fraction"], MIN_FRACTION), g["score"]), xytext=(6, 6),
@@ -98,12 +105,11 @@ def front_figure_png(df: pd.DataFrame, path: str | Path, title: str | None = Non
         ax.text(0.5, 0.5, "no scored trials yet", transform=ax.transAxes, ha="center", va="center", fontsize=14)
     ax.grid(True, which="both", alpha=0.25)
     hv = hypervolume(groups["score"], groups["fraction"], ref_score=ref.score) if len(groups) else 0.0
-    ax.set_title(title or f"Score vs parameter budget: {len(df)} runs, {len(groups)} designs, "
+    ax.set_title(title or f"Score vs parameter budget: {len(df)} runs, {len(groups)} configurations, "
                           f"{int(optimal.sum())} Pareto-optimal; hypervolume {hv:.4g}", fontsize=11)
     ax.legend(loc="best", fontsize=8, framealpha=0.9)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    return path
+    return fig
 
 
 def _partial_and_failed(ax: Axes, df: pd.DataFrame, colors: Mapping[str, str]) -> None:
@@ -160,8 +166,9 @@ def front_figure_html(df: pd.DataFrame, path: str | Path, title: str | None = No
     for fam, g in groups.assign(_opt=optimal).groupby(groups["family"].fillna("unknown"), sort=False):
         seeded = g["n_seeds"].to_numpy() > 1
         fig.add_trace(go.Scatter(
-            x=_xs(g["fraction"]), y=g["score"], mode="markers", name=f"{fam} ({len(g)} designs)",
-            error_y={"type": "data", "array": np.where(seeded, g["score_std"], 0.0), "visible": bool(seeded.any())},
+            x=_xs(g["fraction"]), y=g["score"], mode="markers", name=f"{fam} ({len(g)} configs)",
+            error_y={"type": "data", "array": np.where(seeded, g["score_std"], 0.0).tolist(),
+                     "visible": bool(seeded.any())},
             marker={"color": colors[fam], "size": np.where(g["_opt"], 12, 8),
                     "line": {"color": COLORS["front"], "width": np.where(g["_opt"], 1.5, 0.0)}},
             text=[hover_text(records[int(r["row"])], r) for r in g.to_dict("records")], hoverinfo="text"))
@@ -183,7 +190,8 @@ def front_figure_html(df: pd.DataFrame, path: str | Path, title: str | None = No
     fig.add_hline(y=ref.score, line_dash="dash", line_color=COLORS["reference"],
                   annotation_text=_reference_label(ref), annotation_position="bottom right")
     fig.update_layout(
-        title=title or f"Score vs parameter budget: {len(df)} runs, {len(groups)} designs", width=1000, height=700,
+        title=title or f"Score vs parameter budget: {len(df)} runs, {len(groups)} configurations", width=1000,
+        height=700,
         xaxis={"type": "log", "title": X_LABEL}, yaxis={"title": Y_LABEL}, template="plotly_white",
     )
     fig.write_html(path, include_plotlyjs=True, full_html=True)

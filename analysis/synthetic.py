@@ -68,7 +68,8 @@ def _random_design(rng: np.random.Generator) -> DesignPoint:
             data[site] = {"form": "softmax", "size": int(rng.choice([10, 30, 100, 200])), "composition": "gated"}
             continue
         comp = str(rng.choice(["add", "scaled"]))
-        data[site] = {"form": str(rng.choice(["relu", "gelu", "identity"])), "size": int(rng.choice([8, 16, 64, 256, 512])),
+        data[site] = {"form": str(rng.choice(["relu", "gelu", "identity"])),
+                      "size": int(rng.choice([8, 16, 64, 256, 512])),
                       "insertion": str(rng.choice(["sequential", "parallel"])), "composition": comp,
                       **({"scale": 4.0} if comp == "scaled" else {})}
     return DesignPoint.from_dict(data)

@@ -61,8 +61,8 @@ def record(table: Path, space: Path, uri: str, experiment: str, data_dir: Path, 
                            {"space.yaml": space.read_text()}, resume=False)
     _reference_tags(client, parent_id, data_dir)
     max_t = max(max(r["curve"]) for r in rows.values())
-    callback = MlflowSearchCallback(uri, parent_id, max_t, str(Path("/tmp") / experiment), refresh_every_s=float("inf"),
-                                    num_samples=len(configs))
+    callback = MlflowSearchCallback(uri, parent_id, max_t, str(Path("/tmp") / experiment),
+                                    refresh_every_s=float("inf"), num_samples=len(configs))
     for i, config in enumerate(configs):
         row = rows[key_of(config)]
         trial = SimpleNamespace(trial_id=f"grid_{i:05d}", config=_replicate(config, seed), last_result=None,

@@ -1,4 +1,4 @@
-"""`python -m search.reevaluate --from NAME --seeds 3 [search options]`: a finished search's Pareto front, re-evaluated.
+"""`python -m search.reevaluate --from NAME --seeds 3 [search options]`: a finished search's front, re-evaluated.
 
 A front found cheaply (one seed, short training, a small task) is checked where it matters: every Pareto-optimal
 design of the source search (its mean over seeds decides the front), with the training settings it was found with

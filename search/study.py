@@ -1,12 +1,12 @@
 """Study mode: a fixed list of trial configs instead of an optimizer.
 
 `--sampler grid` trains every combination of a space's listed values (sites, options, training settings; a space's
-presets are among them), each under its replicate seeds, with early stopping off: a study compares designs, so every one must
-reach full fidelity. With `--seeds-at-best-lr` the listed learning rates are a selection, not a factor: every
-combination is trained once (first seed), then each design's other seeds only at its best lr (highest full-fidelity
-score; ties go to the lr listed first). `python -m search.reevaluate` uses the same searcher for a finished search's
-Pareto front. A study resumes like any search (`--resume`): this searcher's queue is saved with Ray's state, and
-configs already trained to full fidelity are answered by the result memo.
+presets are among them), each under its replicate seeds, with early stopping off: a study compares designs, so
+every one must reach full fidelity. With `--seeds-at-best-lr` the listed learning rates are a selection, not a
+factor: every combination is trained once (first seed), then each design's other seeds only at its best lr (highest
+full-fidelity score; ties go to the lr listed first). `python -m search.reevaluate` uses the same searcher for a
+finished search's Pareto front. A study resumes like any search (`--resume`): this searcher's queue is saved with
+Ray's state, and configs already trained to full fidelity are answered by the result memo.
 """
 
 from __future__ import annotations

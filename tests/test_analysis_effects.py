@@ -126,11 +126,12 @@ def test_the_collapse_does_not_become_a_design_effect(planted: pd.DataFrame) -> 
 def three_rows() -> pd.DataFrame:
     """The issue's smallest input: FFN relu parallel 0.7969, FFN relu sequential 0.7617, prefix only 0.6406."""
     ffn = {"form": "relu", "size": 4, "composition": "scaled", "scale": 4.0, "init": "lora", "dropout": 0.1}
-    trials = [SyntheticTrial(DesignPoint.from_dict({"ffn": {**ffn, "insertion": "parallel"}}), {"lr": 0.004}, 0.796875),
+    prefix = {"form": "softmax", "size": 2, "composition": "gated"}
+    trials = [SyntheticTrial(DesignPoint.from_dict({"ffn": {**ffn, "insertion": "parallel"}}), {"lr": 0.004},
+                             0.796875),
               SyntheticTrial(DesignPoint.from_dict({"ffn": {**ffn, "insertion": "sequential"}}), {"lr": 0.004},
                              0.76171875),
-              SyntheticTrial(DesignPoint.from_dict({"head_attn": {"form": "softmax", "size": 2, "composition": "gated"}}),
-                             {"lr": 0.004}, 0.640625)]
+              SyntheticTrial(DesignPoint.from_dict({"head_attn": prefix}), {"lr": 0.004}, 0.640625)]
     return frame_of(trials)
 
 

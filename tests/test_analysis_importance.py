@@ -51,7 +51,8 @@ def test_forty_row_ffn_presence_example_gives_the_importance_to_ffn_presence_alo
 
 def test_inactive_settings_take_the_most_common_active_value_and_tied_sites_merge() -> None:
     rows = pd.DataFrame({"ffn.form": ["relu", "relu", "none", "relu"], "ffn.size": [4, 64, None, 64],
-                         "ffn.init": ["lora", "lora", None, "lora"], "query.form": ["identity", "none", "none", "identity"],
+                         "ffn.init": ["lora", "lora", None, "lora"],
+                         "query.form": ["identity", "none", "none", "identity"],
                          "query.size": [2, None, None, 16], "value.form": ["identity", "none", "none", "identity"],
                          "value.size": [2, None, None, 16], "backbone": ["frozen"] * 4})
     params = varying_parameters(rows, list(rows.columns))

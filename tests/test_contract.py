@@ -20,8 +20,8 @@ OLD_PARAMS = {
     "head_attn.form": "softmax", "head_attn.size": "30", "head_attn.insertion": "parallel",
     "head_attn.composition": "gated", "head_attn.scale": "1.0", "head_attn.learn_scale": "False",
     "head_attn.layernorm": "none", "head_attn.dropout": "0.0", "head_attn.prefix_mlp": "800", "attn.form": "none",
-    "ffn.form": "relu", "ffn.size": "512", "ffn.insertion": "parallel", "ffn.composition": "scaled", "ffn.scale": "4.0",
-    "ffn.learn_scale": "False", "ffn.init": "lora", "ffn.layernorm": "none", "ffn.dropout": "0.1",
+    "ffn.form": "relu", "ffn.size": "512", "ffn.insertion": "parallel", "ffn.composition": "scaled",
+    "ffn.scale": "4.0", "ffn.learn_scale": "False", "ffn.init": "lora", "ffn.layernorm": "none", "ffn.dropout": "0.1",
     "ffn.prefix_mlp": "0", "query.form": "none", "value.form": "none", "fc1.form": "none", "fc2.form": "none",
     "prompt.length": "0", "backbone": "frozen", "train_task_head": "True", "train.lr": "0.001",
 }

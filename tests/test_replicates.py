@@ -167,11 +167,11 @@ def test_the_grid_is_every_combination_of_listed_values_presets_included(tmp_pat
     [
         (["--sampler", "grid"], "error: --sampler grid trains every combination of listed values, but "
                                 "train.lr = {low: 0.001, high: 0.01} is a range; list the values to study instead"),
-        (["--sampler", "grid", "--scheduler", "pareto"], "error: a study (--sampler grid, or a re-evaluated front) "
-                                                         "trains every design to full fidelity, so it cannot use early "
-                                                         "stopping; got --scheduler pareto: drop it"),
-        (["--sampler", "grid", "--num-samples", "4"], "error: a study trains every configuration it lists (x --seeds); "
-                                                      "got --num-samples 4"),
+        (["--sampler", "grid", "--scheduler", "pareto"],
+         "error: a study (--sampler grid, or a re-evaluated front) trains every design to full fidelity, so it cannot "
+         "use early stopping; got --scheduler pareto: drop it"),
+        (["--sampler", "grid", "--num-samples", "4"],
+         "error: a study trains every configuration it lists (x --seeds); got --num-samples 4"),
         (["--seeds-at-best-lr"], "error: --seeds-at-best-lr chooses each design's lr among a grid's listed values"),
         (["--seeds", "0"], "error: --seeds must be >= 1 (replicates per design), got 0"),
     ],

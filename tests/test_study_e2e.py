@@ -54,7 +54,7 @@ def test_a_grid_study_trains_every_design_under_each_seed_and_its_front_is_reeva
     assert sorted(t["petl.replicate"] for t in tags) == ["1/2", "1/2", "2/2", "2/2"]
     assert {t["petl.design_key"] for t in tags} == set(df["design_key"])
     summary = (tmp_path / "runs" / "grid" / "report" / "summary.md").read_text()
-    assert "designs with a full-fidelity score: 2 (2 with 2 seeds)" in summary and " seeds) |" in summary
+    assert "with a full-fidelity score: 2 (2 with 2 seeds)" in summary and " seeds) |" in summary
     parent = df.attrs["parent_run_id"]
     assert client.get_run(parent).data.tags["petl.reference_score"] == repr(
         df.attrs["reference"].score) and df.attrs["reference"].basis == "majority class of the 32 evaluation examples"
