@@ -38,20 +38,33 @@ def design_groups(df: pd.DataFrame) -> pd.DataFrame:
     """
     cols = ["design_key", "score", "score_std", "n_seeds", "seeds", "scores", "fraction", "family", "preset", "row",
             "run_ids"]
-    if df.empty or not _full(df).any():
+    full = _full(df) if len(df) else np.zeros(0, dtype=bool)
+    if not full.any():
         return pd.DataFrame(columns=cols)
-    full = df[_full(df)].assign(_seed=seed_labels(df), _pos=np.flatnonzero(_full(df)))
-    rows = []
-    for key, g in full.groupby("design_key", sort=False):
-        first = g.drop_duplicates("_seed")  # same design, same seed: one computation
-        scores = first["score"].to_numpy(dtype=float)
-        rows.append({"design_key": key, "score": float(scores.mean()),
-                     "score_std": float(scores.std(ddof=1)) if scores.size > 1 else 0.0, "n_seeds": int(scores.size),
-                     "seeds": first["_seed"].tolist(), "scores": scores.tolist(),
-                     "fraction": float(g["fraction"].iat[0]), "family": g["family"].iat[0],
-                     "preset": next((p for p in g["preset"] if isinstance(p, str)), None),
-                     "row": int(g["_pos"].iat[0]), "run_ids": g["run_id"].tolist()})
-    return pd.DataFrame(rows, columns=cols)
+    runs = pd.DataFrame({"design_key": df["design_key"].to_numpy()[full], "seed": seed_labels(df).to_numpy()[full],
+                         "score": df["score"].to_numpy(dtype=float)[full], "row": np.flatnonzero(full),
+                         "run_id": df["run_id"].to_numpy()[full]})
+    distinct = runs.drop_duplicates(["design_key", "seed"])  # same design, same seed: one computation
+    out = distinct.groupby("design_key", sort=False)["score"].agg(score="mean", score_std="std", n_seeds="size")
+    out["score_std"] = out["score_std"].fillna(0.0)  # one seed: no spread measured
+    out["seeds"], out["scores"] = _lists(distinct, "seed"), _lists(distinct, "score")
+    out["row"] = runs.groupby("design_key", sort=False)["row"].first()
+    out["run_ids"] = _lists(runs, "run_id")
+    out["fraction"] = df["fraction"].to_numpy(dtype=float)[out["row"].to_numpy()]
+    out["family"] = df["family"].to_numpy()[out["row"].to_numpy()]
+    presets = df["preset"].to_numpy()[runs["row"].to_numpy()]
+    named = runs.assign(preset=[p if isinstance(p, str) else None for p in presets]).dropna(subset=["preset"])
+    out["preset"] = named.groupby("design_key", sort=False)["preset"].first().reindex(out.index)
+    out["preset"] = out["preset"].astype(object).where(out["preset"].notna(), None)
+    return out.reset_index()[cols]
+
+
+def _lists(frame: pd.DataFrame, column: str) -> pd.Series:
+    """Per design_key, the list of `column`'s values in order (pandas' agg(list) is ~100x slower)."""
+    out: dict[str, list] = {}
+    for key, value in zip(frame["design_key"], frame[column]):
+        out.setdefault(key, []).append(value)
+    return pd.Series(out, dtype=object)
 
 
 def group_front(groups: pd.DataFrame) -> np.ndarray:

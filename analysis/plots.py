@@ -80,8 +80,10 @@ def front_figure(df: pd.DataFrame, title: str | None = None, reference: Referenc
     for fam, g in groups.assign(_opt=optimal).groupby(groups["family"].fillna("unknown"), sort=False):
         x, y, err = _xs(g["fraction"]), g["score"].to_numpy(dtype=float), g["score_std"].to_numpy(dtype=float)
         opt = g["_opt"].to_numpy(dtype=bool)
-        ax.errorbar(x, y, yerr=np.where(g["n_seeds"] > 1, err, np.nan), fmt="none", ecolor=colors[fam], alpha=0.7,
-                    capsize=3, zorder=1)
+        seeded = g["n_seeds"].to_numpy() > 1
+        if seeded.any():  # ±1 std over replicate seeds
+            ax.errorbar(x[seeded], y[seeded], yerr=err[seeded], fmt="none", ecolor=colors[fam], alpha=0.7, capsize=3,
+                        zorder=1)
         ax.scatter(x[~opt], y[~opt], s=MARKER_SIZE, c=colors[fam], alpha=DOMINATED_ALPHA, edgecolors="none",
                    label=f"{fam} ({len(g)} config{'s' if len(g) != 1 else ''})", zorder=2)
         ax.scatter(x[opt], y[opt], s=MARKER_SIZE * 1.8, c=colors[fam], edgecolors=COLORS["front"], linewidths=1.4,

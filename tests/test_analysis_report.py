@@ -249,3 +249,19 @@ def test_periodic_refresh_defers_importance_and_keeps_the_last_plot(tmp_path: Pa
     again = update_search_report(client, s.parent_run_id, out, importance=False)
     assert again.files["importance.png"] == out / "importance.png"  # still attached, not recomputed
     assert (out / "importance.png").stat().st_mtime_ns == mtime
+
+
+def test_reference_score_override_is_written_everywhere_but_the_searchs_history(tmp_path: Path) -> None:
+    uri, client = _store(tmp_path)
+    s = fabricate_search(client, EXPERIMENT, 12, seed=3, statuses=STATUSES)
+    out = tmp_path / "r"
+    assert main(["--experiment", EXPERIMENT, "--tracking-uri", uri, "--out", str(out), "--reference-score", "0.7"]) == 0
+    df = load_search(EXPERIMENT, tracking_uri=uri)
+    hv = hypervolume(np.where(df["full_fidelity"], df["score"], np.nan), df["fraction"], ref_score=0.7)
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert f"- hypervolume: {hv:.4g} (" in summary and hv < hypervolume(df["score"], df["fraction"], ref_score=0.5)
+    assert "- hypervolume reference score: 0.7 (given on the command line)" in summary
+    assert "hypervolume reference score 0.7 (given on the command line)" in (out / "front.html").read_text()
+    # A report against another reference must not add points to the search's own hypervolume history.
+    assert client.get_metric_history(s.parent_run_id, "hypervolume") == []
+    assert {Path(a.path).name for a in client.list_artifacts(s.parent_run_id, "analysis")} >= {"summary.md"}

@@ -185,3 +185,28 @@ def test_study_input_errors_come_before_ray(extra: list[str], message: str, tmp_
     import ray
 
     assert not ray.is_initialized() and not (tmp_path / "runs").exists()
+
+
+def test_a_front_is_priced_again_on_the_task_it_is_reevaluated_on(tmp_path: Path) -> None:
+    from analysis.load import runs_to_frame
+    from analysis.synthetic import synthetic_fraction, synthetic_runs
+    from search.cli import build_parser
+    from search.driver import make_searcher, plan, resolve_study_flags
+    from search.reevaluate import front_configs
+    from trainables.counting import count_params
+    from trainables.design import DesignPoint
+
+    source = runs_to_frame(synthetic_runs(30, seed=5))  # a RoBERTa-base-sized search
+    front = front_configs(source)
+    assert front and all("seed" not in c["train"] and c["train"]["lr"] > 0 for c in front)
+    args = build_parser().parse_args(["--space", str(write_space(tmp_path, 1e-3)), "--seeds", "2"])
+    args.front = front
+    resolve_study_flags(args)
+    p = plan(args)  # toy-cls on its tiny RoBERTa
+    searcher, trials = make_searcher(p, args)
+    assert trials == 2 * len(front) and args.scheduler == "none"
+    for c, f in zip(searcher._queue[::2], front):
+        design = DesignPoint.from_dict(c["design"])
+        assert c["design"] == f["design"] and c["train"]["lr"] == f["train"]["lr"]
+        assert c["fraction"] == count_params(design, p.sampler.config, "classification").fraction
+        assert c["fraction"] != pytest.approx(synthetic_fraction(design))
