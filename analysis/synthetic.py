@@ -5,7 +5,9 @@ Every record is made of real `DesignPoint`s and written with `search.contract`'s
 analysis tests and benchmark, and handy to try the report on a laptop.
 
 `trial_records` draws random designs whose fake scores follow the paper's findings (parallel > sequential, scaled >
-add, FFN > attention, more parameters help) with noise; `SyntheticTrial` lists let a test plant exact effects.
+add, FFN > attention, more parameters help) with noise; `SyntheticTrial` lists let a test plant exact effects. Given
+real scores and fractions, `runs_to_frame(runs_of(records_of(trials)))` is also how a table of finished trials (e.g.
+a study's JSONL) becomes the frame every analysis function reads, without an MLflow store.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class SyntheticTrial:
     fidelity: int | None = None  # steps reached (default: max_fidelity when finished)
     preset: str | None = None
     failure: str | None = None
+    fraction: float | None = None  # stored / backbone parameters; default: `synthetic_fraction(design)`
 
 
 def synthetic_fraction(design: DesignPoint) -> float:
@@ -136,7 +139,7 @@ def records_of(trials: Iterable[SyntheticTrial], *, parent_id: str = "synthetic-
         tags = C.trial_tags(parent_id=parent_id, trial_id=f"trial_{i:05d}", max_steps=max_fidelity, design=t.design,
                             preset=t.preset)
         tags.update(C.final_tags(t.status, fidelity, t.failure))
-        fraction = synthetic_fraction(t.design)
+        fraction = t.fraction if t.fraction is not None else synthetic_fraction(t.design)
         stored = int(round(fraction * BACKBONE_PARAMS))
         metrics: list[Metric] = []
         if t.status != C.FAILED or i % 2 == 0:
