@@ -255,7 +255,8 @@ def test_reference_score_override_is_written_everywhere_but_the_searchs_history(
     uri, client = _store(tmp_path)
     s = fabricate_search(client, EXPERIMENT, 12, seed=3, statuses=STATUSES)
     out = tmp_path / "r"
-    assert main(["--experiment", EXPERIMENT, "--tracking-uri", uri, "--out", str(out), "--reference-score", "0.7"]) == 0
+    args = ["--experiment", EXPERIMENT, "--tracking-uri", uri, "--out", str(out), "--reference-score", "0.7"]
+    assert main(args) == 0
     df = load_search(EXPERIMENT, tracking_uri=uri)
     hv = hypervolume(np.where(df["full_fidelity"], df["score"], np.nan), df["fraction"], ref_score=0.7)
     summary = (out / "summary.md").read_text(encoding="utf-8")
