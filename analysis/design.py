@@ -25,8 +25,9 @@ TERMINAL_STATUSES = C.TERMINAL_STATUSES
 BASE_COLUMNS = (
     "run_id", "run_name", "status", "fidelity", "max_fidelity", "full_fidelity", "score", "fraction",
     "params.trainable", "params.stored", "preset", "failure", "pareto_tag", "reused_from", "start_time", "end_time",
-    "design_key", "family", "seed",
+    "design_key", "family", "design", "seed",
 )
+DESIGN_LINE_SEPARATOR = "; "  # joins the lines of a design's description in the `design` column
 
 
 def param_columns(df: pd.DataFrame) -> list[str]:
@@ -63,6 +64,8 @@ def describe_design(row: Mapping[str, Any]) -> list[str]:
 
     A row whose params do not make a valid design point (a foreign or hand-edited run) lists its raw settings.
     """
+    if isinstance(row.get("design"), str):  # the loader's `design` column: the same description, parsed once
+        return str(row["design"]).split(DESIGN_LINE_SEPARATOR)
     design = C.design_from_params(row)
     if design is not None:
         return design.describe().splitlines()

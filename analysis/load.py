@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
-from analysis.design import BASE_COLUMNS, SITE_NAMES
+from analysis.design import BASE_COLUMNS, DESIGN_LINE_SEPARATOR, SITE_NAMES
 from search import contract as C
 
 PAGE_SIZE = 1000  # the maximum MLflow accepts per search_runs page
@@ -202,13 +202,16 @@ def _column_order(params: list[str]) -> list[str]:
 
 
 def _add_identity(df: pd.DataFrame, params: list[str]) -> None:
-    """Columns computed from a row's params: design_key (replicates share it), family (when not tagged), seed."""
+    """Columns computed from a row's params: design_key (replicates share it), family, the design's own description
+    (its lines joined by "; "), seed."""
     records = df[params].to_dict("records") if len(df) else []
     df["design_key"] = [C.design_key(r) for r in records]
     designs = [C.design_from_params(r) for r in records]
     tagged = df["family"] if "family" in df else pd.Series([None] * len(df), index=df.index)
     df["family"] = [d.family() if d is not None else t if isinstance(t, str) else None
                     for t, d in zip(tagged, designs)]
+    df["design"] = [DESIGN_LINE_SEPARATOR.join(d.describe().splitlines()) if d is not None else None
+                    for d in designs]  # parsed once here: describing a row again costs ~1 ms
     df["seed"] = pd.to_numeric(df[C.SEED_PARAM], errors="coerce") if C.SEED_PARAM in df else np.nan
 
 
@@ -226,7 +229,7 @@ def runs_to_frame(runs: list[Run]) -> pd.DataFrame:
     for c in ("score", "fraction"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     _add_identity(df, params)
-    for c in ("run_id", "run_name", "status", "preset", "failure", "pareto_tag", "design_key", "family"):
+    for c in ("run_id", "run_name", "status", "preset", "failure", "pareto_tag", "design_key", "family", "design"):
         df[c] = _strings(df[c])
     # No max_fidelity tag -> fidelity cannot be judged; a finished trial then counts as full fidelity.
     reached = (df["fidelity"] >= df["max_fidelity"]).fillna(df["max_fidelity"].isna())
