@@ -1,45 +1,42 @@
-"""Analysis of a PETL design-space search recorded in MLflow: load, Pareto front, effects, plots, report."""
+"""Analysis of a PETL design-space search recorded in MLflow: load, Pareto front, effects, plots, report.
+
+Submodules load on first use, so `from analysis.pareto import hypervolume` (the search's scheduler does it) does not
+pull in MLflow, Optuna, matplotlib or plotly.
+"""
 
 from __future__ import annotations
 
-from analysis.design import describe_design, design_columns, pareto_flags
-from analysis.effects import design_axes, marginal_effects, marginal_means, param_importance
-from analysis.load import SearchNotFoundError, TrackingUnreachableError, load_search
-from analysis.pareto import MIN_FRACTION, REFERENCE, hypervolume, hypervolume_history, pareto_mask
-from analysis.plots import front_figure_html, front_figure_png, importance_figure_png
+import importlib
 
-# The report functions are loaded lazily: importing analysis.report here would make
-# `python -m analysis.report` warn that the module was already imported before running as __main__.
-_LAZY = {"update_search_report": "analysis.report", "write_report": "analysis.report"}
+_EXPORTS = {
+    "MIN_FRACTION": "analysis.pareto",
+    "REFERENCE": "analysis.pareto",
+    "SearchNotFoundError": "analysis.load",
+    "TrackingUnreachableError": "analysis.load",
+    "completion_order": "analysis.design",
+    "describe_design": "analysis.design",
+    "design_columns": "analysis.design",
+    "design_groups": "analysis.groups",
+    "front_figure_html": "analysis.plots",
+    "front_figure_png": "analysis.plots",
+    "hypervolume": "analysis.pareto",
+    "hypervolume_history": "analysis.pareto",
+    "importance_figure_png": "analysis.plots",
+    "like_for_like": "analysis.effects",
+    "load_search": "analysis.load",
+    "param_importance": "analysis.importance",
+    "pareto_flags": "analysis.groups",
+    "pareto_mask": "analysis.pareto",
+    "reference_of": "analysis.design",
+    "update_search_report": "analysis.report",
+    "write_report": "analysis.report",
+}
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
-
-
-__all__ = [
-    "MIN_FRACTION",
-    "REFERENCE",
-    "SearchNotFoundError",
-    "TrackingUnreachableError",
-    "describe_design",
-    "design_axes",
-    "design_columns",
-    "front_figure_html",
-    "front_figure_png",
-    "hypervolume",
-    "hypervolume_history",
-    "importance_figure_png",
-    "load_search",
-    "marginal_effects",
-    "marginal_means",
-    "param_importance",
-    "pareto_flags",
-    "pareto_mask",
-    "update_search_report",
-    "write_report",
-]
+    # Lazy: importing analysis.report here would also make `python -m analysis.report` warn that the module was
+    # already imported before running as __main__.
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,201 +1,233 @@
-"""Which design choices matter: fANOVA importances and budget-matched marginal effects.
+"""Which design choices matter, like for like: matched comparisons with a bootstrap CI and an honest verdict.
 
-Only full-fidelity trials are used: an early-stopped trial's score is a partial-training score and would
-make whatever the scheduler stopped early look bad.
+For each axis of the unified view at each site (insertion, composition and scale, functional form, budget) and for
+the modified representation at matched budget, the designs that differ in that choice only are paired
+(`analysis.matching`) and the mean score difference a - b is reported with a 95% bootstrap CI, the number of pairs
+and a verdict: `a better` (CI above 0), `b better` (CI below 0), `tie` (CI holds 0), or `not testable: <why>`. The
+CI resamples pairs and, inside each design, its replicate seeds (a two-level bootstrap), so replicate seeds are the
+noise estimate when pairs are few. With fewer than `MIN_PAIRS` pairs and no replicate seeds there is no estimate of
+the noise at all, and the row says so instead of guessing.
+
+The paper's four conclusions (He et al., ICLR 2022, Sections 4.3-4.5 and Table 4) are named rows: parallel >
+sequential (Table 3), FFN > attention at larger budgets (Table 12, Figure 5), scaled > plain addition (Table 5), and
+multi-head forms winning at tiny budgets (Table 4).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
-import optuna
 import pandas as pd
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from analysis.design import INACTIVE_FORMS, SITES, active_sites, design_columns, param_columns
-from analysis.pareto import MIN_FRACTION
+from analysis.design import SITE_NAMES
+from analysis.matching import (BUDGET_TOLERANCE, Design, DesignSet, designs_of, matched_pairs, moves, tied_sites,
+                               units_along)
+from search import contract as C
+from trainables.design import Form
 
-MIN_TRIALS = 3  # fANOVA fits a random forest; below 3 points every split is arbitrary
-ABSENT = "absent"  # category for a conditional param a trial does not have (its site is inactive)
-MAX_NUMERIC_AS_CATEGORICAL = 16  # a numeric conditional param with at most this many values becomes categorical
-AXES = ("representation", "insertion", "composition", "form")
+COLUMNS = ["axis", "site", "a", "b", "diff", "ci_low", "ci_high", "n_pairs", "verdict"]  # effects.csv, in this order
+MIN_PAIRS = 5  # without replicate seeds, fewer pairs than this give no trustworthy CI (all 4 agreeing: p = 1/16)
+N_BOOT = 2000
+LARGE_BUDGET, TINY_BUDGET = 0.01, 0.002  # fractions of the backbone: "larger" (>= 1%) and "tiny" (<= 0.2%)
+FFN_SITES, ATTENTION_SITES = ("ffn", "fc1", "fc2"), ("head_attn", "attn", "query", "value")
+CONCLUSIONS = ("parallel > sequential", "FFN > attention at larger budgets", "scaled > plain addition",
+               "multi-head wins at tiny budgets")
+Unit = tuple[list[Design], list[Design]]
 
 
-def _eligible(df: pd.DataFrame, target: str) -> pd.DataFrame:
-    ok = df["full_fidelity"].astype(bool) & np.isfinite(df[target].to_numpy(dtype=float, na_value=np.nan))
-    if target == "fraction":
-        ok &= df["fraction"].to_numpy(dtype=float, na_value=np.nan) > 0
-    return df[ok]
+@dataclass
+class Comparison:
+    """One row before it is measured: what is compared, the units of evidence, and what to say when there are none."""
+
+    axis: str
+    site: str
+    a: str
+    b: str
+    units: list[Unit]
+    missing: str  # the reason when there is no unit
+    conclusion: str = ""
 
 
-def _mask_inactive(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Blank every key of a site whose form is none: e.g. attn.size of an inactive attn site is noise."""
-    out = df[columns].astype(object).copy()
-    for site in SITES:
-        form_col = f"{site}.form"
-        if form_col not in out:
-            continue
-        inactive = out[form_col].isna() | out[form_col].astype(str).isin(INACTIVE_FORMS)
-        for c in columns:
-            if c.startswith(f"{site}.") and c != form_col:
-                out.loc[inactive, c] = None
+def bootstrap(units: Sequence[Unit], n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, float, float]:
+    """(mean difference, 2.5th, 97.5th percentile) over units; each unit's difference is mean(a) - mean(b).
+
+    Two levels: units are resampled with replacement, and inside each design its replicate seeds.
+    """
+    rng = np.random.default_rng(seed)
+    per_unit = np.empty((len(units), n_boot))
+    point = []
+    for p, (side_a, side_b) in enumerate(units):
+        per_unit[p] = _side(side_a, rng, n_boot) - _side(side_b, rng, n_boot)
+        point.append(np.mean([d.scores.mean() for d in side_a]) - np.mean([d.scores.mean() for d in side_b]))
+    pick = rng.integers(0, len(units), size=(n_boot, len(units)))
+    boot = per_unit[pick, np.arange(n_boot)[:, None]].mean(axis=1)
+    return float(np.mean(point)), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+
+
+def _side(designs: list[Design], rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    means = [np.full(n_boot, d.scores[0]) if d.scores.size == 1 else
+             d.scores[rng.integers(0, d.scores.size, size=(n_boot, d.scores.size))].mean(axis=1) for d in designs]
+    return np.mean(means, axis=0)
+
+
+def measure(c: Comparison) -> dict[str, object]:
+    row: dict[str, object] = {"axis": c.axis, "site": c.site, "a": c.a, "b": c.b, "diff": np.nan, "ci_low": np.nan,
+                              "ci_high": np.nan, "n_pairs": len(c.units), "conclusion": c.conclusion}
+    if not c.units:
+        return {**row, "verdict": f"not testable: {c.missing}"}
+    seeded = all(d.scores.size >= 2 for u in c.units for d in u[0] + u[1])
+    if len(c.units) < MIN_PAIRS and not seeded:
+        point = float(np.mean([np.mean([d.scores.mean() for d in a]) - np.mean([d.scores.mean() for d in b])
+                               for a, b in c.units]))
+        return {**row, "diff": point, "verdict": f"not testable: {len(c.units)} pair(s) and no replicate seeds give "
+                f"no estimate of the noise (need {MIN_PAIRS} pairs or 2+ seeds per design)"}
+    diff, lo, hi = bootstrap(c.units)
+    verdict = "a better" if lo > 0 else "b better" if hi < 0 else "tie"
+    return {**row, "diff": diff, "ci_low": lo, "ci_high": hi, "verdict": verdict}
+
+
+# ---- the axes ------------------------------------------------------------------------------------------------------
+
+def _composition(v: tuple[str, ...]) -> str:
+    comp, scale, learn = v
+    return f"scaled s={scale}" + (" learned" if learn == "true" else "") if comp == "scaled" else comp
+
+
+_COMP_ORDER = {"gated": 0, "scaled": 1, "add": 2}
+_FORM_ORDER = {f.value: i for i, f in enumerate(Form)}
+# axis -> (site keys that make up its value, how a value reads, sort key: the first of a pair is `a`)
+AXES: dict[str, tuple[tuple[str, ...], Callable[[tuple[str, ...]], str], Callable[[tuple[str, ...]], tuple]]] = {
+    "insertion": (("insertion",), lambda v: v[0], lambda v: (v[0] != "parallel", v[0])),
+    "composition": (("composition", "scale", "learn_scale"), _composition,
+                    lambda v: (_COMP_ORDER.get(v[0], 9), -float(v[1] or 1), v[2] == "true")),
+    "form": (("form",), lambda v: v[0], lambda v: (_FORM_ORDER.get(v[0], 99), v[0])),
+    "budget": (("size",), lambda v: v[0], lambda v: (-float(v[0]),)),
+}
+
+
+def _values(designs: list[Design], sites: tuple[str, ...], keys: tuple[str, ...]) -> dict[tuple[str, ...], int]:
+    counts: dict[tuple[str, ...], int] = defaultdict(int)
+    for d in designs:
+        if (mod := d.site(sites[0])) is not None:
+            counts[tuple(mod.get(k, "") for k in keys)] += 1
+    return counts
+
+
+def site_comparisons(designs: list[Design]) -> list[Comparison]:
+    """Per site and axis, every pair of values the site takes: the axis's own rows."""
+    out = []
+    for sites in tied_sites(designs):
+        site = "+".join(sites)
+        for axis, (keys, read, order) in AXES.items():
+            values = sorted(_values(designs, sites, keys), key=order)
+            budget = "l" if sites[0] == "head_attn" else "r"
+            for va, vb in combinations(values, 2):
+                a, b = (read(va), read(vb)) if axis != "budget" else (f"{budget}={va[0]}", f"{budget}={vb[0]}")
+                units = units_along(designs, sites, keys, {va}, {vb}, check_budget=axis != "budget")
+                why = f"{a} and {b} at {site} never occur with every other setting equal" + (
+                    "" if axis == "budget" else f" and budgets within {BUDGET_TOLERANCE:.0%}")
+                out.append(Comparison(axis, site, a, b, units, why))
     return out
 
 
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-
-
-def _encode(col: pd.Series) -> tuple[BaseDistribution, list[object]] | None:
-    """Distribution and per-trial values for one column; None when the column cannot matter (constant)."""
-    present = col.dropna()
-    missing = col.isna().any()
-    distinct = pd.unique(present)
-    if len(distinct) + int(missing) <= 1:
-        return None
-    numeric = len(present) > 0 and all(_is_number(v) for v in present)
-    if numeric and (not missing or len(distinct) > MAX_NUMERIC_AS_CATEGORICAL):
-        vals = present.astype(float)
-        lo, hi = float(vals.min()), float(vals.max())
-        if missing:  # many-valued conditional numeric: "absent" sits just below the smallest value
-            lo = lo - max(1.0, hi - lo) * 0.1
-        ints = all(float(v).is_integer() for v in vals) and not missing
-        values = [lo if pd.isna(v) else (int(v) if ints else float(v)) for v in col]
-        if ints:
-            return IntDistribution(int(lo), int(hi), log=lo >= 1 and hi / lo >= 100), values
-        return FloatDistribution(lo, hi, log=lo > 0 and hi / lo >= 100), values
-    values = [ABSENT if pd.isna(v) else str(v) for v in col]
-    return CategoricalDistribution(sorted(set(values))), values
-
-
-def param_importance(df: pd.DataFrame, target: str = "score", include_train: bool = False) -> pd.Series:
-    """fANOVA importance of each design parameter for ``target`` ("score", or "fraction" on a log10 scale).
-
-    Builds an in-memory Optuna study from the full-fidelity trials. Conditional params (keys of a site a
-    trial does not use) get an explicit ``absent`` category so no trial is dropped from the analysis.
-    Falls back to PED-ANOVA if fANOVA fails. Returns a Series summing to 1, most important first; its
-    ``attrs["evaluator"]`` names the evaluator used. Raises ValueError with fewer than MIN_TRIALS trials.
-    """
-    data = _eligible(df, target)
-    if len(data) < MIN_TRIALS:
-        raise ValueError(
-            f"param_importance needs at least {MIN_TRIALS} full-fidelity trials with a {target}; got {len(data)}."
-        )
-    cols = design_columns(data) + ([c for c in param_columns(data) if c.startswith("train.")] if include_train else [])
-    masked = _mask_inactive(data, cols)
-    encoded = {c: e for c in cols if (e := _encode(masked[c])) is not None}
-    if not encoded:
-        raise ValueError("param_importance: no design parameter varies across the full-fidelity trials.")
-    values = data[target].to_numpy(dtype=float)
-    if target == "fraction":  # budgets span decades; importance of the order of magnitude is what matters
-        values = np.log10(np.maximum(values, MIN_FRACTION))
-    direction = "minimize" if target == "fraction" else "maximize"
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # in-memory study creation is not news to the user
-    try:
-        study = optuna.create_study(direction=direction)
-        dists = {c: d for c, (d, _) in encoded.items()}
-        for i, v in enumerate(values):
-            params = {c: vals[i] for c, (_, vals) in encoded.items()}
-            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(v)))
-        evaluator: optuna.importance.BaseImportanceEvaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        try:
-            imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
-        except Exception:  # noqa: BLE001 - fANOVA can fail on degenerate data; PED-ANOVA needs no forest
-            evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-            imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    out = pd.Series({k: float(v) for k, v in imp.items()}, name=target, dtype=float).sort_values(ascending=False)
-    ped = isinstance(evaluator, optuna.importance.PedAnovaImportanceEvaluator)
-    out.attrs["evaluator"] = "PED-ANOVA" if ped else "fANOVA"
-    return out
-
-
-def design_axes(df: pd.DataFrame) -> pd.DataFrame:
-    """Per trial, the paper's categorical design axes.
-
-    representation: the active sites joined with '+' (e.g. 'head_attn+ffn'); insertion / composition /
-    form: the common value over active sites, or 'mixed' when they differ (a trial's score cannot be
-    split between its modules).
-    """
-    rows = []
-    for rec in df.to_dict("records"):
-        sites = active_sites(rec)
-        row = {"representation": "+".join(sites) if sites else "none"}
-        for axis in AXES[1:]:
-            vals = {str(rec.get(f"{s}.{axis}")) for s in sites if not pd.isna(rec.get(f"{s}.{axis}"))}
-            row[axis] = None if not vals else vals.pop() if len(vals) == 1 else "mixed"
-        rows.append(row)
-    return pd.DataFrame(rows, index=df.index, columns=list(AXES))
-
-
-def budget_bins(fraction: pd.Series, bins: int | Sequence[float] = 4) -> pd.Series:
-    """Bin index per trial by log10 fraction: ``bins`` equal-width bins in decades, or explicit fraction edges."""
-    x = np.log10(np.maximum(fraction.to_numpy(dtype=float, na_value=np.nan), MIN_FRACTION))
-    finite = x[np.isfinite(x)]
-    if isinstance(bins, int):
-        lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
-        edges = np.linspace(lo, hi if hi > lo else lo + 1e-9, bins + 1)
+def pooled_comparison(designs: list[Design], axis: str, a: str, b: str, conclusion: str = "") -> Comparison:
+    """a vs b on a coarse axis value (insertion, or composition without its scale), pooled over every site."""
+    keys = ("insertion",) if axis == "insertion" else ("composition", "scale", "learn_scale")
+    value = keys[:1]
+    units: list[Unit] = []
+    where: dict[str, set[str]] = {a: set(), b: set()}
+    for sites in tied_sites(designs):
+        units += units_along(designs, sites, keys, {(a,)}, {(b,)}, value_keys=value)
+        for (v,), _ in _values(designs, sites, value).items():
+            if v in where:
+                where[v].add("+".join(sites))
+    if not where[a] or not where[b]:
+        why = f"{(b if where[a] else a)} never occurs in this search" if where[a] or where[b] else \
+            f"neither {a} nor {b} occurs in this search"
+    elif not where[a] & where[b]:
+        why = (f"{a} only at {', '.join(sorted(where[a]))} and {b} only at {', '.join(sorted(where[b]))}: never at "
+               "the same site")
     else:
-        edges = np.log10(np.maximum(np.asarray(bins, dtype=float), MIN_FRACTION))
-    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
-    out = pd.Series(np.where(np.isfinite(x), idx, -1), index=fraction.index, name="bin")
-    out.attrs["edges_fraction"] = (10.0 ** edges).tolist()
-    return out
+        why = f"{a} and {b} never occur at one site with every other setting equal"
+    return Comparison(axis, "all", a, b, units, why, conclusion)
 
 
-def marginal_means(df: pd.DataFrame, bins: int | Sequence[float] = 4) -> pd.DataFrame:
-    """Mean/median score and count per (axis, value, budget bin) over full-fidelity trials."""
-    data = _eligible(_eligible(df, "score"), "fraction")
-    b = budget_bins(data["fraction"], bins)
-    edges = b.attrs["edges_fraction"]
-    axes = design_axes(data)
-    frames = []
-    for axis in AXES:
-        g = pd.DataFrame({"value": axes[axis], "bin": b, "score": data["score"]}).dropna(subset=["value"])
-        agg = g.groupby(["value", "bin"])["score"].agg(n="size", mean="mean", median="median").reset_index()
-        agg.insert(0, "axis", axis)
-        frames.append(agg)
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if not out.empty:
-        out["fraction_low"] = [edges[i] for i in out["bin"]]
-        out["fraction_high"] = [edges[i + 1] for i in out["bin"]]
-    return out
+def representation_comparison(designs: list[Design], a_of: Callable[[tuple[str, ...]], bool],
+                              b_of: Callable[[tuple[str, ...]], bool], *, loose: bool, band: tuple[float, float],
+                              labels: tuple[str, str, str], conclusion: str = "") -> Comparison:
+    """The module at sites `a` vs at sites `b`, everything else equal, budgets matched one-to-one."""
+    by_ctx: dict[object, tuple[list, list]] = {}
+    for d in designs:
+        if not band[0] <= d.fraction <= band[1]:
+            continue
+        for moved, ctx in moves(d, loose=loose):
+            if a_of(moved) or b_of(moved):
+                by_ctx.setdefault(ctx, ([], []))[0 if a_of(moved) else 1].append((d, moved))
+    units: list[Unit] = [([x], [y]) for ctx in sorted(by_ctx, key=repr)
+                         for x, y in matched_pairs(*by_ctx[ctx])]
+    site, a, b = labels
+    why = (f"no design with the module at {a} has a counterpart at {b} with every other setting equal and a budget "
+           f"within {BUDGET_TOLERANCE:.0%}" + (f" in {site}" if site != "all" else ""))
+    return Comparison("representation", site, a, b, units, why, conclusion)
 
 
-def marginal_effects(df: pd.DataFrame, bins: int | Sequence[float] = 4) -> pd.DataFrame:
-    """Pairwise comparisons of values of each design axis at matched parameter budgets.
+def _within(sites: tuple[str, ...], allowed: Sequence[str]) -> bool:
+    return set(sites) <= set(allowed)
 
-    For each axis and pair of values (a, b), only budget bins where both occur count. Per bin the
-    difference of mean (and of median) scores is taken; ``mean_diff`` is the mean over those bins (each bin
-    weighs the same, so a crowded budget does not dominate) and ``median_diff`` the median over bins of the
-    per-bin median differences. Rows are oriented so that ``better`` has mean_diff >= 0; ``n_bins`` and
-    ``n_better``/``n_worse`` (trials in the supporting bins) say how much evidence backs each row, and
-    ``bins_won`` in how many bins ``better`` had the higher mean.
+
+def conclusions(designs: list[Design], large: float = LARGE_BUDGET, tiny: float = TINY_BUDGET) -> list[Comparison]:
+    """The paper's four conclusions as like-for-like comparisons, in the paper's order."""
+    return [
+        pooled_comparison(designs, "insertion", "parallel", "sequential", CONCLUSIONS[0]),
+        representation_comparison(designs, lambda m: _within(m, FFN_SITES), lambda m: _within(m, ATTENTION_SITES),
+                                  loose=True, band=(large, 1.0), labels=(f"fraction >= {large:.3g}", "FFN",
+                                                                         "attention"), conclusion=CONCLUSIONS[1]),
+        pooled_comparison(designs, "composition", "scaled", "add", CONCLUSIONS[2]),
+        representation_comparison(designs, lambda m: m == ("head_attn",),
+                                  lambda m: len(m) == 1 and m[0] in ("attn", "ffn"), loose=True,
+                                  band=(0.0, tiny), labels=(f"fraction <= {tiny:.3g}", "head_attn (multi-head)",
+                                                            "attn or ffn (single-head)"), conclusion=CONCLUSIONS[3]),
+    ]
+
+
+def strict_representations(designs: list[Design]) -> list[Comparison]:
+    """Every pair of disjoint site sets some context holds, the moved module's settings equal but its size."""
+    seen: dict[tuple[tuple[str, ...], tuple[str, ...]], None] = {}
+    by_ctx: dict[object, set[tuple[str, ...]]] = defaultdict(set)
+    for d in designs:
+        for moved, ctx in moves(d, loose=False):
+            by_ctx[ctx].add(moved)
+    order = {s: i for i, s in enumerate(SITE_NAMES)}
+    rank = lambda m: (not _within(m, FFN_SITES), m != ("head_attn",), [order[s] for s in m])  # noqa: E731
+    for sets in by_ctx.values():
+        for x, y in combinations(sorted(sets, key=rank), 2):
+            if not set(x) & set(y):
+                seen[(x, y)] = None
+    return [representation_comparison(designs, lambda m, x=x: m == x, lambda m, y=y: m == y, loose=False,
+                                      band=(0.0, 1.0), labels=("all", "+".join(x), "+".join(y)))
+            for x, y in seen]
+
+
+def like_for_like(df: pd.DataFrame, reference: C.Reference | None = None, *, lr: str = "auto",
+                  large: float = LARGE_BUDGET, tiny: float = TINY_BUDGET) -> pd.DataFrame:
+    """The effects table of a loaded search: `COLUMNS` plus `conclusion` (the paper's claim a row tests, or "").
+
+    `reference` (default: the search's, `df.attrs["reference"]`) decides which runs collapsed; `lr` is "auto", "best"
+    or "equal" (see `analysis.matching.designs_of`). The frame's attrs carry `lr_mode`, `collapsed_runs` and
+    `dropped_designs`.
     """
-    means = marginal_means(df, bins)
-    rows = []
-    for axis, g in means.groupby("axis", sort=False) if not means.empty else []:
-        table = g.pivot(index="bin", columns="value", values=["mean", "median", "n"])
-        for a, b in combinations(sorted(g["value"].unique()), 2):
-            both = table["n"][a].notna() & table["n"][b].notna()
-            if not both.any():
-                continue
-            d_mean = (table["mean"][a] - table["mean"][b])[both]
-            d_median = (table["median"][a] - table["median"][b])[both]
-            sign = 1.0 if d_mean.mean() >= 0 else -1.0
-            better, worse = (a, b) if sign > 0 else (b, a)
-            rows.append({
-                "axis": axis, "better": better, "worse": worse, "mean_diff": float(sign * d_mean.mean()),
-                "median_diff": float(sign * d_median.median()), "n_bins": int(both.sum()),
-                "bins_won": int((sign * d_mean > 0).sum()),
-                "n_better": int(table["n"][better][both].sum()), "n_worse": int(table["n"][worse][both].sum()),
-            })
-    cols = ["axis", "better", "worse", "mean_diff", "median_diff", "n_bins", "bins_won", "n_better", "n_worse"]
-    out = pd.DataFrame(rows, columns=cols)
-    order = {a: i for i, a in enumerate(AXES)}
-    return out.sort_values(["axis", "n_bins", "mean_diff"], ascending=[True, False, False],
-                           key=lambda s: s.map(order) if s.name == "axis" else s).reset_index(drop=True)
+    reference = reference if reference is not None else df.attrs.get("reference")
+    chosen: DesignSet = designs_of(df, reference, lr=lr)
+    rows = [measure(c) for c in conclusions(chosen.designs, large, tiny)]
+    present = {v for sites in tied_sites(chosen.designs) for (v,) in _values(chosen.designs, sites, ("composition",))}
+    rows += [measure(pooled_comparison(chosen.designs, "composition", x, y))
+             for x, y in (("gated", "scaled"), ("gated", "add")) if {x, y} <= present]
+    rows += [measure(c) for c in site_comparisons(chosen.designs) + strict_representations(chosen.designs)]
+    out = pd.DataFrame(rows, columns=COLUMNS + ["conclusion"])
+    out.attrs.update(lr_mode=chosen.lr_mode, collapsed_runs=chosen.collapsed_runs,
+                     dropped_designs=len(chosen.dropped), designs=len(chosen.designs))
+    return out

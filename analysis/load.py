@@ -1,9 +1,10 @@
 """Load one search (a parent MLflow run and its trial children) into a pandas DataFrame.
 
-Reads the contract the search writes: parent tagged ``petl.role=search``; children tagged
-``mlflow.parentRunId`` and ``petl.role=trial`` with ``petl.status``/``petl.fidelity``/``petl.max_fidelity``/
-``petl.preset``/``petl.failure`` tags, the design as flat dotted params and ``score``/``fraction``/
-``params.trainable``/``params.stored`` metrics.
+Reads what the search writes, by the names of ``search/contract.py`` (the one definition tracking writes by): the
+parent tagged ``petl.role=search`` with the task's reference score; children with their status, fidelity, preset,
+failure and reuse tags, the design as flat dotted params, ``train.*`` settings (the replicate seed ``train.seed``
+included) and the ``score``/``fraction``/``params.trainable``/``params.stored`` metrics. Each row also gets its
+``design_key`` (replicate seeds of one design share it), ``family`` and ``seed``, computed from its params.
 
 Only ``search_runs`` pages are fetched (1000 runs each): a run's ``data.metrics`` already holds the latest
 value of each metric, so per-run metric histories are never requested and 1,000+ trials load in seconds.
@@ -21,16 +22,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
-from analysis.design import BASE_COLUMNS, SITES
+from analysis.design import BASE_COLUMNS, DESIGN_LINE_SEPARATOR, SITE_NAMES
 from analysis.mlflow_filter import PAGE_SIZE, tag_filter
-
-ROLE_TAG, STATUS_TAG, FIDELITY_TAG, MAX_FIDELITY_TAG = "petl.role", "petl.status", "petl.fidelity", "petl.max_fidelity"
-PRESET_TAG, FAILURE_TAG, PARETO_TAG = "petl.preset", "petl.failure", "petl.pareto"
-REUSED_TAG = "petl.reused_from"  # a duplicate config answered from an earlier trial's result: it trained 0 steps
-
-# Used only when a child lacks petl.status (e.g. the trial process died before tagging it).
-_MLFLOW_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed", "RUNNING": "running",
-                  "SCHEDULED": "running"}
+from search import contract as C
 _PANDAS3 = int(pd.__version__.split(".")[0]) >= 3
 _INT_RE = re.compile(r"^[+-]?\d+$")
 # Values that mean "not set" when deciding whether a param column is numeric (str(None) from Python).
@@ -99,10 +93,10 @@ def _find_parent(client: MlflowClient, experiment: str | None, parent_run_id: st
             parent = client.get_run(parent_run_id)
         except MlflowException as exc:
             raise SearchNotFoundError(f"No MLflow run with id {parent_run_id!r} at {_client_uri(client)!r}.") from exc
-        role = parent.data.tags.get(ROLE_TAG)
-        if role != "search":
+        role = parent.data.tags.get(C.ROLE_TAG)
+        if role != C.ROLE_SEARCH:
             raise SearchNotFoundError(
-                f"Run {parent_run_id!r} is not a search parent (tag {ROLE_TAG}={role!r}, expected 'search')."
+                f"Run {parent_run_id!r} is not a search parent (tag {C.ROLE_TAG}={role!r}, expected 'search')."
             )
         return parent
     if not experiment:
@@ -110,12 +104,12 @@ def _find_parent(client: MlflowClient, experiment: str | None, parent_run_id: st
     exp_id = _experiment_id(client, experiment, names)
     # Newest search wins when one experiment holds several searches (re-runs, resumed studies).
     found = client.search_runs(
-        [exp_id], filter_string=tag_filter({ROLE_TAG: "search"}), run_view_type=ViewType.ACTIVE_ONLY,
+        [exp_id], filter_string=tag_filter({C.ROLE_TAG: C.ROLE_SEARCH}), run_view_type=ViewType.ACTIVE_ONLY,
         max_results=1, order_by=["attributes.start_time DESC"],
     )
     if not found:
         raise SearchNotFoundError(
-            f"No search parent run (tag {ROLE_TAG}='search') in experiment {experiment!r}; "
+            f"No search parent run (tag {C.ROLE_TAG}='search') in experiment {experiment!r}; "
             "was the search started with MLflow logging enabled?"
         )
     return found[0]
@@ -126,7 +120,7 @@ def _child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> lis
     token: str | None = None
     while True:
         page = client.search_runs(
-            [experiment_id], filter_string=tag_filter({"mlflow.parentRunId": parent_id}),
+            [experiment_id], filter_string=tag_filter({C.PARENT_RUN_TAG: parent_id}),
             run_view_type=ViewType.ACTIVE_ONLY, max_results=PAGE_SIZE, page_token=token,
         )
         runs.extend(page)
@@ -144,26 +138,27 @@ def _int_or_none(v: str | None) -> int | None:
 
 def _row(run: Run) -> dict[str, Any]:
     tags, metrics = run.data.tags, run.data.metrics
-    status = tags.get(STATUS_TAG) or _MLFLOW_STATUS.get(run.info.status, "running")
+    status = tags.get(C.STATUS_TAG) or C.STATUS_FROM_MLFLOW.get(run.info.status, C.RUNNING)
     row: dict[str, Any] = {
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
         "status": status,
-        "fidelity": _int_or_none(tags.get(FIDELITY_TAG)),
-        "max_fidelity": _int_or_none(tags.get(MAX_FIDELITY_TAG)),
+        "fidelity": _int_or_none(tags.get(C.FIDELITY_TAG)),
+        "max_fidelity": _int_or_none(tags.get(C.MAX_FIDELITY_TAG)),
         # The front is built on the selected checkpoint's score (the run's select_metric / select_mode, as the paper
         # reported); `last_score` is the score at the trial's last step. Runs from before selection have only score.
-        "score": metrics.get("selected_score", metrics.get("score", math.nan)),
-        "last_score": metrics.get("score", math.nan),
-        "fraction": metrics.get("fraction", math.nan),
-        "params.trainable": metrics.get("params.trainable"),
-        "params.stored": metrics.get("params.stored"),
-        "preset": tags.get(PRESET_TAG),
-        "failure": tags.get(FAILURE_TAG),
-        "pareto_tag": tags.get(PARETO_TAG),
-        "reused_from": tags.get(REUSED_TAG),
+        "score": metrics.get(C.OBJECTIVE, metrics.get(C.SCORE, math.nan)),
+        "last_score": metrics.get(C.SCORE, math.nan),
+        "fraction": metrics.get(C.FRACTION, math.nan),
+        "params.trainable": metrics.get(C.PARAMS_TRAINABLE),
+        "params.stored": metrics.get(C.PARAMS_STORED),
+        "preset": tags.get(C.PRESET_TAG),
+        "failure": tags.get(C.FAILURE_TAG),
+        "pareto_tag": tags.get(C.PARETO_TAG),
+        "reused_from": tags.get(C.REUSED_TAG),
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
+        "family": tags.get(C.FAMILY_TAG),
     }
     row.update(run.data.params)
     return row
@@ -197,20 +192,34 @@ def _strings(col: pd.Series) -> pd.Series:
 
 def _column_order(params: list[str]) -> list[str]:
     """Design params grouped by site in paper order, then the rest, then train.* last."""
-    site_rank = {s: i for i, s in enumerate(SITES)}
+    site_rank = {s: i for i, s in enumerate(SITE_NAMES)}
 
     def key(c: str) -> tuple[int, int, str]:
         head = c.split(".", 1)[0]
-        if c.startswith("train."):
+        if c.startswith(C.TRAIN_PREFIX):
             return (2, 0, c)
         return (0, site_rank[head], c) if head in site_rank else (1, 0, c)
 
     return sorted(params, key=key)
 
 
+def _add_identity(df: pd.DataFrame, params: list[str]) -> None:
+    """Columns computed from a row's params: design_key (replicates share it), family, the design's own description
+    (its lines joined by "; "), seed."""
+    records = df[params].to_dict("records") if len(df) else []
+    df["design_key"] = [C.design_key(r) for r in records]
+    designs = [C.design_from_params(r) for r in records]
+    tagged = df["family"] if "family" in df else pd.Series([None] * len(df), index=df.index)
+    df["family"] = [d.family() if d is not None else t if isinstance(t, str) else None
+                    for t, d in zip(tagged, designs)]
+    df["design"] = [DESIGN_LINE_SEPARATOR.join(d.describe().splitlines()) if d is not None else None
+                    for d in designs]  # parsed once here: describing a row again costs ~1 ms
+    df["seed"] = pd.to_numeric(df[C.SEED_PARAM], errors="coerce") if C.SEED_PARAM in df else np.nan
+
+
 def runs_to_frame(runs: list[Run]) -> pd.DataFrame:
     """One row per trial run with the fixed columns of ``BASE_COLUMNS`` then every param column."""
-    rows = [_row(r) for r in runs if r.data.tags.get(ROLE_TAG, "trial") == "trial"]
+    rows = [_row(r) for r in runs if r.data.tags.get(C.ROLE_TAG, C.ROLE_TRIAL) == C.ROLE_TRIAL]
     df = pd.DataFrame.from_records(rows)
     if df.empty:
         df = pd.DataFrame(columns=[c for c in BASE_COLUMNS])
@@ -219,13 +228,14 @@ def runs_to_frame(runs: list[Run]) -> pd.DataFrame:
         df[c] = _coerce(df[c])
     for c in ("fidelity", "max_fidelity", "params.trainable", "params.stored", "start_time", "end_time"):
         df[c] = pd.to_numeric(df[c], errors="coerce").round().astype("Int64")
-    for c in ("score", "fraction"):
+    for c in ("score", "last_score", "fraction"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-    for c in ("run_id", "run_name", "status", "preset", "failure", "pareto_tag"):
+    _add_identity(df, params)
+    for c in ("run_id", "run_name", "status", "preset", "failure", "pareto_tag", "design_key", "family", "design"):
         df[c] = _strings(df[c])
     # No max_fidelity tag -> fidelity cannot be judged; a finished trial then counts as full fidelity.
     reached = (df["fidelity"] >= df["max_fidelity"]).fillna(df["max_fidelity"].isna())
-    df["full_fidelity"] = ((df["status"] == "finished") & reached).astype(bool)
+    df["full_fidelity"] = ((df["status"] == C.FINISHED) & reached).astype(bool)
     df = df[list(BASE_COLUMNS) + params]
     return df.sort_values(["start_time", "run_id"], kind="stable").reset_index(drop=True)
 
@@ -240,7 +250,8 @@ def load_search(
     """Load the trials of one search: one row per trial, design params as dotted columns.
 
     Picks the newest search parent in ``experiment`` unless ``parent_run_id`` is given. The frame's
-    ``attrs`` carry ``parent_run_id``, ``experiment_id``, ``experiment`` and ``tracking_uri``.
+    ``attrs`` carry ``parent_run_id``, ``experiment_id``, ``experiment``, ``tracking_uri``, ``reference`` (the
+    hypervolume reference score and its basis, ``search_reference``) and ``metric`` (the task metric's name).
     Raises TrackingUnreachableError (store unreachable) or SearchNotFoundError (unknown experiment/parent).
     """
     client = client or make_client(tracking_uri)
@@ -253,5 +264,24 @@ def load_search(
         experiment_id=exp_id,
         experiment=experiment or client.get_experiment(exp_id).name,
         tracking_uri=_client_uri(client),
+        reference=search_reference(parent),
+        metric=parent.data.tags.get(C.METRIC_TAG),
     )
     return df
+
+
+def search_reference(parent: Run) -> C.Reference:
+    """The hypervolume reference score a search recorded; for older searches, its task's chance score (or 0)."""
+    tags, params = parent.data.tags, parent.data.params
+    try:
+        return C.Reference(float(tags[C.REFERENCE_SCORE_TAG]), tags.get(C.REFERENCE_BASIS_TAG, "recorded"))
+    except (KeyError, ValueError):
+        pass
+    task = params.get(C.TASK_PARAM)
+    try:
+        ref = C.task_reference(task) if task else None
+    except ValueError:  # a task this version does not know
+        ref = None
+    if ref is None:
+        return C.Reference(0.0, "0: the search recorded no task")
+    return C.Reference(ref.score, f"{ref.basis}; the search recorded no reference")

@@ -1,7 +1,12 @@
 """Figures of a loaded search: the score/parameter-budget front (PNG and self-contained HTML) and importances.
 
-Matplotlib is used through ``Figure`` + the Agg canvas directly (no pyplot), so importing this module never
-switches the backend of a notebook or GUI that imported us. Plotly is imported lazily (it is slow to import).
+One point per design (the mean over its replicate seeds, with a ±1 std error bar when it has several), coloured by
+design family (prefix, LoRA, SA, PA, scaled PA, MAM, ...); the Pareto-optimal designs carry a black edge and the
+front's step line; early-stopped runs are hollow and failed ones are crosses on the bottom edge. The hypervolume
+reference score is drawn as a dashed line and written in the legend with its basis.
+
+Matplotlib is used through `Figure` + the Agg canvas directly (no pyplot), so importing this module never switches
+the backend of a notebook or GUI that imported us. Plotly is imported lazily (it is slow to import).
 """
 
 from __future__ import annotations
@@ -11,109 +16,136 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from analysis.design import describe_design, pareto_flags
-from analysis.pareto import MIN_FRACTION
+from analysis.design import describe_design, reference_of
+from analysis.groups import design_groups, group_front, pareto_flags
+from analysis.pareto import MIN_FRACTION, hypervolume
+from search.contract import FAILED, Reference
 
 # Sizes: 10 x 7 in at 100 dpi = 1000 x 700 px, readable in the MLflow artifact viewer without scrolling.
 FIG_SIZE_IN = (10.0, 7.0)
 DPI = 100
 MARKER_SIZE = 36
-# Palette (colour-blind safe Okabe-Ito picks); one colour per trial category, reused by the HTML figure.
-COLORS = {
-    "optimal": "#D55E00",  # vermillion: the Pareto front
-    "dominated": "#0072B2",  # blue, faded with DOMINATED_ALPHA
-    "partial": "#009E73",  # green hollow: early-stopped / below full fidelity
-    "failed": "#555555",  # grey x at the bottom of the axis
-}
-DOMINATED_ALPHA = 0.35
-LABELS = {
-    "optimal": "Pareto-optimal (full fidelity)",
-    "dominated": "dominated (full fidelity)",
-    "partial": "early-stopped / partial fidelity",
-    "failed": "failed (no score)",
-}
+# Colour-blind safe Okabe-Ito first, then tab10's; one colour per design family, in order of first appearance.
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000",
+           "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD", "#FF9896")
+COLORS = {"front": "#000000", "failed": "#555555", "reference": "#777777"}
+DOMINATED_ALPHA = 0.55
 X_LABEL = "fraction = stored PETL parameters / backbone parameters (log scale)"
 Y_LABEL = "score (task metric, higher is better)"
 
 
+def family_colors(families: list[str]) -> dict[str, str]:
+    ordered = list(dict.fromkeys(str(f) for f in families))
+    return {f: PALETTE[i % len(PALETTE)] for i, f in enumerate(ordered)}
+
+
 def trial_categories(df: pd.DataFrame) -> pd.Series:
-    """optimal / dominated (full fidelity), partial (has a score but not full fidelity), failed."""
+    """Per run: optimal / dominated (full fidelity), partial (a score below full fidelity), failed (no score)."""
     pareto = pareto_flags(df)
-    has_score = df["score"].notna() & df["status"].ne("failed")
+    has_score = df["score"].notna() & df["status"].ne(FAILED)
     cat = np.where(pareto, "optimal", np.where(df["full_fidelity"] & has_score, "dominated",
                                                 np.where(has_score, "partial", "failed")))
     return pd.Series(cat, index=df.index, name="category")
 
 
-def _xs(df: pd.DataFrame) -> np.ndarray:
-    return np.maximum(df["fraction"].to_numpy(dtype=float, na_value=np.nan), MIN_FRACTION)
+def _reference_label(ref: Reference) -> str:
+    return f"hypervolume reference score {ref.score:.4g} ({ref.basis})"
 
 
-def front_figure_png(df: pd.DataFrame, path: str | Path, title: str | None = None) -> Path:
-    """Scatter of score vs fraction with the Pareto front as a step line; written as a ~1000x700 PNG."""
+def _xs(values: pd.Series | np.ndarray) -> np.ndarray:
+    return np.maximum(np.asarray(values, dtype=float), MIN_FRACTION)
+
+
+def front_figure_png(df: pd.DataFrame, path: str | Path, title: str | None = None,
+                     reference: Reference | None = None) -> Path:
+    """`front_figure` written as a ~1000x700 PNG."""
     path = Path(path)
-    fig = Figure(figsize=FIG_SIZE_IN, dpi=DPI)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    cat = trial_categories(df)
-    x, y = _xs(df), df["score"].to_numpy(dtype=float, na_value=np.nan)
-    for name in ("dominated", "partial", "optimal"):
-        sel = (cat == name).to_numpy() & np.isfinite(x) & np.isfinite(y)
-        if not sel.any():
-            continue
-        if name == "partial":
-            ax.scatter(x[sel], y[sel], s=MARKER_SIZE, facecolors="none", edgecolors=COLORS[name], marker="o",
-                       linewidths=1.2, label=f"{LABELS[name]} ({sel.sum()})", zorder=2)
-        else:
-            ax.scatter(x[sel], y[sel], s=MARKER_SIZE * (1.6 if name == "optimal" else 1), c=COLORS[name],
-                       alpha=DOMINATED_ALPHA if name == "dominated" else 1.0, edgecolors="none",
-                       label=f"{LABELS[name]} ({sel.sum()})", zorder=3 if name == "optimal" else 1)
-    front = (cat == "optimal").to_numpy()
-    if front.any():
-        order = np.argsort(x[front])
-        # steps-post: between two front points the best score reachable at that budget is the left one's.
-        ax.plot(x[front][order], y[front][order], drawstyle="steps-post", color=COLORS["optimal"], lw=1.5, zorder=2)
-    failed = (cat == "failed").to_numpy()
-    if failed.any():
-        # Failed trials have no score: draw them on the bottom edge (x in data units where the fraction is known).
-        known = failed & np.isfinite(x)
-        if known.any():
-            ax.scatter(x[known], np.full(known.sum(), 0.02), transform=ax.get_xaxis_transform(), marker="x",
-                       c=COLORS["failed"], s=MARKER_SIZE, label=f"{LABELS['failed']} ({failed.sum()})", clip_on=False)
-        unknown = int((failed & ~np.isfinite(x)).sum())
-        if unknown:
-            ax.text(0.01, 0.05, f"{unknown} failed before counting parameters", transform=ax.transAxes,
-                    color=COLORS["failed"], fontsize=8)
-    for i in np.flatnonzero(df["preset"].notna().to_numpy() & np.isfinite(x) & np.isfinite(y)):
-        ax.annotate(str(df["preset"].iat[i]), (x[i], y[i]), xytext=(6, 6), textcoords="offset points", fontsize=9,
-                    fontweight="bold", arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "#333333"})
-    ax.set_xscale("log")
-    ax.set_xlabel(X_LABEL)
-    ax.set_ylabel(Y_LABEL)
-    if not np.isfinite(x).any():
-        ax.set_xlim(1e-4, 1.0)
-        ax.text(0.5, 0.5, "no scored trials yet", transform=ax.transAxes, ha="center", va="center", fontsize=14)
-    ax.grid(True, which="both", alpha=0.25)
-    n_opt = int(front.sum())
-    ax.set_title(title or f"Score vs parameter budget: {len(df)} trials, {n_opt} Pareto-optimal")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize=9, framealpha=0.9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    front_figure(df, title, reference).savefig(path, dpi=DPI)
     return path
 
 
-def hover_text(row: Mapping[str, object]) -> str:
-    """Design in the paper's vocabulary plus score, fraction and status, for HTML hovers."""
-    lines = [f"<b>{row.get('run_name') or row.get('run_id')}</b>"]
+def front_figure(df: pd.DataFrame, title: str | None = None, reference: Reference | None = None) -> Figure:
+    """Configurations by family with ±1 std seed error bars, the Pareto front as a step line, the reference score."""
+    ref = reference or reference_of(df)
+    fig = Figure(figsize=FIG_SIZE_IN, dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    groups = design_groups(df)
+    optimal = group_front(groups) if len(groups) else np.zeros(0, dtype=bool)
+    colors = family_colors(groups["family"].fillna("unknown").tolist() + df["family"].fillna("unknown").tolist())
+    for fam, g in groups.assign(_opt=optimal).groupby(groups["family"].fillna("unknown"), sort=False):
+        x, y, err = _xs(g["fraction"]), g["score"].to_numpy(dtype=float), g["score_std"].to_numpy(dtype=float)
+        opt = g["_opt"].to_numpy(dtype=bool)
+        seeded = g["n_seeds"].to_numpy() > 1
+        if seeded.any():  # ±1 std over replicate seeds
+            ax.errorbar(x[seeded], y[seeded], yerr=err[seeded], fmt="none", ecolor=colors[fam], alpha=0.7, capsize=3,
+                        zorder=1)
+        ax.scatter(x[~opt], y[~opt], s=MARKER_SIZE, c=colors[fam], alpha=DOMINATED_ALPHA, edgecolors="none",
+                   label=f"{fam} ({len(g)} config{'s' if len(g) != 1 else ''})", zorder=2)
+        ax.scatter(x[opt], y[opt], s=MARKER_SIZE * 1.8, c=colors[fam], edgecolors=COLORS["front"], linewidths=1.4,
+                   zorder=4, label=None if (~opt).any() else f"{fam} ({len(g)} config{'s' if len(g) != 1 else ''})")
+    if optimal.any():
+        front = groups[optimal].sort_values("fraction")
+        # steps-post: between two front points the best score reachable at that budget is the left one's.
+        ax.plot(_xs(front["fraction"]), front["score"], drawstyle="steps-post", color=COLORS["front"], lw=1.2,
+                zorder=3, label=f"Pareto front ({int(optimal.sum())} configs, mean over seeds)")
+    _partial_and_failed(ax, df, colors)
+    for _, g in groups[groups["preset"].notna()].iterrows():
+        ax.annotate(str(g["preset"]), (max(g["fraction"], MIN_FRACTION), g["score"]), xytext=(6, 6),
+                    textcoords="offset points", fontsize=9, fontweight="bold",
+                    arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "#333333"})
+    ax.axhline(ref.score, color=COLORS["reference"], ls="--", lw=1.0, label=_reference_label(ref), zorder=0)
+    ax.set_xscale("log")
+    ax.set_xlabel(X_LABEL)
+    ax.set_ylabel(Y_LABEL)
+    if not len(groups) and not df["score"].notna().any():
+        ax.set_xlim(1e-4, 1.0)
+        ax.text(0.5, 0.5, "no scored trials yet", transform=ax.transAxes, ha="center", va="center", fontsize=14)
+    ax.grid(True, which="both", alpha=0.25)
+    hv = hypervolume(groups["score"], groups["fraction"], ref_score=ref.score) if len(groups) else 0.0
+    ax.set_title(title or f"Score vs parameter budget: {len(df)} runs, {len(groups)} configurations, "
+                          f"{int(optimal.sum())} Pareto-optimal; hypervolume {hv:.4g}", fontsize=11)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    return fig
+
+
+def _partial_and_failed(ax: Axes, df: pd.DataFrame, colors: Mapping[str, str]) -> None:
+    cat = trial_categories(df)
+    x, y = _xs(df["fraction"].to_numpy(dtype=float, na_value=np.nan)), df["score"].to_numpy(dtype=float,
+                                                                                           na_value=np.nan)
+    part = (cat == "partial").to_numpy() & np.isfinite(x) & np.isfinite(y)
+    if part.any():
+        edge = [colors.get(str(f), COLORS["failed"]) for f in df["family"].fillna("unknown")[part]]
+        ax.scatter(x[part], y[part], s=MARKER_SIZE, facecolors="none", edgecolors=edge, linewidths=1.2,
+                   label=f"early-stopped / partial fidelity ({int(part.sum())} runs)", zorder=2)
+    failed = (cat == "failed").to_numpy()
+    known = failed & np.isfinite(x)
+    if known.any():  # failed trials have no score: on the bottom edge, at their fraction
+        ax.scatter(x[known], np.full(known.sum(), 0.02), transform=ax.get_xaxis_transform(), marker="x",
+                   c=COLORS["failed"], s=MARKER_SIZE, label=f"failed, no score ({int(failed.sum())} runs)",
+                   clip_on=False)
+    unknown = int((failed & ~np.isfinite(x)).sum())
+    if unknown:
+        ax.text(0.01, 0.05, f"{unknown} failed before counting parameters", transform=ax.transAxes,
+                color=COLORS["failed"], fontsize=8)
+
+
+def hover_text(row: Mapping[str, object], group: Mapping[str, object] | None = None) -> str:
+    """Design in its own words plus score (mean ± std over seeds), fraction and status, for HTML hovers."""
+    lines = [f"<b>{row.get('run_name') or row.get('run_id')}</b> ({row.get('family')})"]
     if isinstance(row.get("preset"), str):
         lines.append(f"preset: {row['preset']}")
     lines += describe_design(row)
     score, fraction = row.get("score"), row.get("fraction")
-    lines.append(f"score = {score:.4g}" if isinstance(score, float) and np.isfinite(score) else "score: none")
+    if group is not None and int(group["n_seeds"]) > 1:  # type: ignore[call-overload]
+        lines.append(f"score = {group['score']:.4g} ± {group['score_std']:.2g} over {group['n_seeds']} seeds")
+    else:
+        lines.append(f"score = {score:.4g}" if isinstance(score, float) and np.isfinite(score) else "score: none")
     if isinstance(fraction, float) and np.isfinite(fraction):
         lines.append(f"fraction = {fraction * 100:.3g}% of backbone")
     lines.append(f"status: {row.get('status')} ({row.get('fidelity')}/{row.get('max_fidelity')} steps)")
@@ -122,40 +154,46 @@ def hover_text(row: Mapping[str, object]) -> str:
     return "<br>".join(lines)
 
 
-def front_figure_html(df: pd.DataFrame, path: str | Path, title: str | None = None) -> Path:
+def front_figure_html(df: pd.DataFrame, path: str | Path, title: str | None = None,
+                      reference: Reference | None = None) -> Path:
     """Interactive version of the front; self-contained (plotly.js embedded: users may have no internet)."""
     import plotly.graph_objects as go  # lazy: plotly import costs ~1 s
 
-    path = Path(path)
-    cat = trial_categories(df)
-    x, y = _xs(df), df["score"].to_numpy(dtype=float, na_value=np.nan)
+    path, ref = Path(path), reference or reference_of(df)
+    groups = design_groups(df)
+    optimal = group_front(groups) if len(groups) else np.zeros(0, dtype=bool)
+    colors = family_colors(groups["family"].fillna("unknown").tolist() + df["family"].fillna("unknown").tolist())
     records = df.to_dict("records")
     fig = go.Figure()
-    y_floor = float(np.nanmin(y)) if np.isfinite(y).any() else 0.0
-    for name in ("dominated", "partial", "optimal", "failed"):
-        sel = (cat == name).to_numpy() & np.isfinite(x)
-        if name != "failed":
-            sel &= np.isfinite(y)
-        if not sel.any():
-            continue
-        idx = np.flatnonzero(sel)
-        ys = y[idx] if name != "failed" else np.full(idx.size, y_floor)
-        marker = {"color": COLORS[name], "size": 9 if name == "optimal" else 7}
-        if name == "partial":
-            marker.update(symbol="circle-open", line={"width": 1.5})
-        elif name == "failed":
-            marker.update(symbol="x")
-        elif name == "dominated":
-            marker.update(opacity=DOMINATED_ALPHA)
-        order = np.argsort(x[idx]) if name == "optimal" else np.arange(idx.size)
+    for fam, g in groups.assign(_opt=optimal).groupby(groups["family"].fillna("unknown"), sort=False):
+        seeded = g["n_seeds"].to_numpy() > 1
         fig.add_trace(go.Scatter(
-            x=x[idx][order], y=ys[order], mode="lines+markers" if name == "optimal" else "markers",
-            line={"shape": "hv", "color": COLORS[name]} if name == "optimal" else None,
-            marker=marker, name=f"{LABELS[name]} ({idx.size})",
-            text=[hover_text(records[i]) for i in idx[order]], hoverinfo="text",
-        ))
+            x=_xs(g["fraction"]), y=g["score"], mode="markers", name=f"{fam} ({len(g)} configs)",
+            error_y={"type": "data", "array": np.where(seeded, g["score_std"], 0.0).tolist(),
+                     "visible": bool(seeded.any())},
+            marker={"color": colors[fam], "size": np.where(g["_opt"], 12, 8),
+                    "line": {"color": COLORS["front"], "width": np.where(g["_opt"], 1.5, 0.0)}},
+            text=[hover_text(records[int(r["row"])], r) for r in g.to_dict("records")], hoverinfo="text"))
+    if optimal.any():
+        front = groups[optimal].sort_values("fraction")
+        fig.add_trace(go.Scatter(x=_xs(front["fraction"]), y=front["score"], mode="lines", hoverinfo="skip",
+                                 line={"shape": "hv", "color": COLORS["front"]}, name="Pareto front"))
+    cat = trial_categories(df)
+    y = df["score"].to_numpy(dtype=float, na_value=np.nan)
+    floor = float(np.nanmin(y)) if np.isfinite(y).any() else ref.score
+    for name, symbol in (("partial", "circle-open"), ("failed", "x")):
+        idx = np.flatnonzero((cat == name).to_numpy() & df["fraction"].notna().to_numpy())
+        if idx.size:
+            fig.add_trace(go.Scatter(
+                x=_xs(df["fraction"].to_numpy(dtype=float)[idx]), y=y[idx] if name == "partial" else
+                np.full(idx.size, floor), mode="markers", name=f"{name} ({idx.size} runs)",
+                marker={"symbol": symbol, "color": COLORS["failed"], "size": 8},
+                text=[hover_text(records[i]) for i in idx], hoverinfo="text"))
+    fig.add_hline(y=ref.score, line_dash="dash", line_color=COLORS["reference"],
+                  annotation_text=_reference_label(ref), annotation_position="bottom right")
     fig.update_layout(
-        title=title or f"Score vs parameter budget: {len(df)} trials", width=1000, height=700,
+        title=title or f"Score vs parameter budget: {len(df)} runs, {len(groups)} configurations", width=1000,
+        height=700,
         xaxis={"type": "log", "title": X_LABEL}, yaxis={"title": Y_LABEL}, template="plotly_white",
     )
     fig.write_html(path, include_plotlyjs=True, full_html=True)
@@ -173,12 +211,12 @@ def importance_figure_png(
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (target, imp) in zip(axes, panels.items()):
         imp = imp.sort_values()  # attrs (the evaluator's name) survive sort_values
-        ax.barh(list(imp.index), imp.to_numpy(dtype=float), color=COLORS["dominated"])
+        ax.barh(list(imp.index), imp.to_numpy(dtype=float), color=PALETTE[0])
         ax.set_xlabel(f"{imp.attrs.get('evaluator', 'fANOVA')} importance for {target} (sums to 1)")
         ax.set_title(f"what matters for {target}")
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(True, axis="x", alpha=0.25)
-    fig.suptitle(title or "Design-parameter importance (full-fidelity trials)")
+    fig.suptitle(title or "Design-parameter importance (full-fidelity designs, parameters that vary)")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     return path

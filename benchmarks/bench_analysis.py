@@ -48,7 +48,7 @@ def bench_pareto(n: int) -> None:
 def bench_mlflow(n: int) -> None:
     from mlflow import MlflowClient
 
-    from analysis.effects import param_importance
+    from analysis.importance import param_importance
     from analysis.load import load_search
     from analysis.report import update_search_report
     from analysis.synthetic import fabricate_search

@@ -189,7 +189,7 @@ def run_scenario(name: str, trials: int, workdir: Path, out_json: Path) -> None:
                       ("log_report", "log_report (artifacts, HV metric, tags)"),
                       ("front_figure_png", "  front.png (matplotlib)"), ("front_figure_html", "  front.html (plotly)"),
                       ("param_importance", "  param_importance (fANOVA)"),
-                      ("importance_figure_png", "  importance.png"), ("marginal_effects", "  marginal_effects")):
+                      ("importance_figure_png", "  importance.png"), ("like_for_like", "  like_for_like effects")):
         T.wrap(AR, attr, key, phased=True)
     T.wrap(SS.TruthfulOptunaSearch, "on_trial_complete", "searcher: tell (on_trial_complete)")
 

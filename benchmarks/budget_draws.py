@@ -27,7 +27,7 @@ def run(sampler: str, args: argparse.Namespace) -> tuple[list[bool], list[bool],
     cli = build_parser().parse_args(["--space", args.space, "--sampler", sampler, "--seed", str(args.seed),
                                      "--max-param-fraction", str(args.budget)])
     p = plan(cli)
-    searcher = make_searcher(p, cli)
+    searcher = make_searcher(p)
     searcher.max_draws = args.max_draws
     trials = []
     for i in range(args.trials):
@@ -35,9 +35,10 @@ def run(sampler: str, args: argparse.Namespace) -> tuple[list[bool], list[bool],
         over = config["fraction"] > args.budget
         trials.append(over)
         result = {"over_budget": 1, "step": 0} if over else {
-            "step": p.max_steps, "score": 0.8 + 0.02 * math.log10(config["fraction"])}
+            "step": p.max_steps, "score": 0.8 + 0.02 * math.log10(config["fraction"]),
+                  "selected_score": 0.8 + 0.02 * math.log10(config["fraction"])}
         searcher.on_trial_complete(f"t{i}", {**result, "fraction": config["fraction"]})
-    draws = searcher.study.trials
+    draws = searcher.searcher.study.trials  # the Optuna searcher inside ReplicateSearcher
     generations = [t.system_attrs.get("NSGAIISampler:generation", -1) for t in draws]
     return trials, [t.constraints[BUDGET_KEY] > 0 for t in draws], generations
 

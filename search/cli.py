@@ -32,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--model", default=None, help="checkpoint folder or hub name ('minilm' = the packaged MiniLM); "
                    "default: the task's checkpoint (a tiny random model for toy tasks)")
     a.add_argument("--data-dir", default=None, help="local files in the task's format instead of the hub")
-    a.add_argument("--num-samples", type=int, default=8, help="trials to run in total, presets included")
+    a.add_argument("--num-samples", type=int, default=None, help="designs to evaluate, presets included (default 8; "
+                   "each is trained under --seeds seeds); a study (--sampler grid) trains all it lists instead")
+    a.add_argument("--seeds", type=int, default=1, help="replicate training seeds per design (the resolved training "
+                   "seed and the ones after it): the front and the effects use the mean +- std over them; a seed is "
+                   "never a searched value")
     a.add_argument("--max-param-fraction", type=float, default=None,
                    help="hard budget: designs storing more than this fraction of the backbone are never trained; "
                    "the sampler is told they are infeasible and draws again, so every trial is within the budget")
@@ -40,11 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix a training setting for every trial, over the recipe and the space, e.g. --set "
                    "max_steps=2000 or --set epochs=3 (repeatable)")
     s = p.add_argument_group("how to search")
-    s.add_argument("--sampler", choices=["tpe", "nsga2"], default="tpe", help="Optuna's multi-objective sampler")
-    s.add_argument("--scheduler", choices=["pareto", "banded", "asha", "none"], default="pareto",
-                   help="early stopping: 'pareto' (default) = ASHA whose rungs promote by Pareto rank on (score, "
-                   "fraction), as MOASHA; 'banded' = ASHA within parameter-budget bands; 'asha' = plain ASHA on "
-                   "score; 'none' = every trial to full fidelity")
+    s.add_argument("--sampler", choices=["tpe", "nsga2", "grid"], default="tpe",
+                   help="Optuna's multi-objective sampler (tpe, nsga2), or 'grid': a study that trains every "
+                   "combination of the space's listed values to full fidelity (no early stopping), resumable")
+    s.add_argument("--seeds-at-best-lr", action="store_true",
+                   help="with --sampler grid: train every combination once, then a design's other --seeds only at "
+                   "its best listed lr")
+    s.add_argument("--scheduler", choices=["pareto", "banded", "asha", "none"], default=None,
+                   help="early stopping: 'pareto' (default; 'none' for --sampler grid) = ASHA whose rungs promote by "
+                   "Pareto rank on (score, fraction), as MOASHA; 'banded' = ASHA within parameter-budget bands; "
+                   "'asha' = plain ASHA on score; 'none' = every trial to full fidelity")
     s.add_argument("--grace-period", type=int, default=None, help="steps before a trial can be stopped, a multiple "
                    "of the evaluation interval (default: the resolved evaluation interval, e.g. 5,000 for en-ro)")
     s.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA keeps 1/this of trials per rung")
@@ -98,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.json and not args.dry_run:
         build_parser().error("--json goes with --dry-run (a search prints its progress and ends with the front)")
+    return execute(args)
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run a search from parsed arguments (also `python -m search.reevaluate`'s, with `args.front` set)."""
     for key, value in (("TRANSFORMERS_VERBOSITY", "error"), ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0"),
                        ("TUNE_GLOBAL_CHECKPOINT_S", "1"), ("RAY_DEDUP_LOGS", "1"),
                        ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")):

@@ -15,6 +15,18 @@ from search.space import preset_params
 
 
 def make_searcher(p: SearchPlan) -> Any:
+    """Ray's searcher for the plan: each design under its replicate seeds (search/replicates.py), from Optuna or from
+    a study's fixed list (search/study.py)."""
+    if p.study is not None:
+        from search.study import ConfigListSearcher
+
+        return ConfigListSearcher(list(p.study), list(p.seeds), p.max_steps, best_lr=p.best_lr)
+    from search.replicates import ReplicateSearcher
+
+    return ReplicateSearcher(optuna_searcher(p), list(p.seeds), p.max_steps)
+
+
+def optuna_searcher(p: SearchPlan) -> Any:
     import optuna
 
     from search.searcher import TruthfulOptunaSearch
@@ -34,7 +46,7 @@ def run_search(args: argparse.Namespace) -> int:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*experimental.*")
-    p = plan(args)
+    p = plan(args)  # resolves the study flags too (search.plan.resolve_study_flags)
     search_dir = p.storage / p.name
     if args.resume and not (search_dir / "tuner.pkl").exists():
         raise SearchError(f"--resume: no interrupted search named {p.name!r} under {p.storage}; check --name and "
@@ -53,20 +65,27 @@ def run_search(args: argparse.Namespace) -> int:
         client = check_tracking(p.tracking_uri)
     except ValueError as err:
         raise SearchError(str(err)) from None
-    resolved = {"space": p.space.path, "task": p.task.name, **{f"run.{k}": v for k, v in vars(args).items()},
+    resolved = {"space": p.space.path, "task": p.task.name,
+                **{f"run.{k}": v for k, v in vars(args).items() if k != "front"},
                 **{f"resolved.{k}": v for k, v in p.run.to_dict().items()},
                 "resolved.rungs": list(p.schedule.rungs), "resolved.grace_period": p.schedule.grace_period}
     parent_id = parent_run(client, p.experiment, str(search_dir), {k: json.dumps(v) if not isinstance(v, str) else v
                                                                    for k, v in resolved.items()},
                            {"space.yaml": p.space.text, "run_config.json": json.dumps(resolved, indent=2,
                                                                                        default=str)}, args.resume)
+    from mlflow.entities import RunTag
+
+    from search.contract import reference_tags
+
+    client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in reference_tags(p.reference, p.task.metric).items()])
     # The parent's plots and hypervolume history are refreshed at most every 30 s while the search runs (a refresh
     # costs ~1 s at a dozen trials, ~4 s at 1,000: per trial it dominated orchestration) and once at the end.
     outbox = search_dir / "tracking_outbox.json"  # MLflow records queued while the store is away (search/outbox.py)
     callback = MlflowSearchCallback(p.tracking_uri, parent_id, p.max_steps, str(search_dir / "report"),
                                     refresh_every_s=30.0, num_samples=p.num_samples, outbox=str(outbox))
-    print(f"search {p.name!r}: {p.num_samples} trials of {p.task.name} from {p.space.path} | {p.run.length}; "
-          f"evaluated {p.run.interval}; rungs at {list(p.schedule.rungs) or 'none'} | MLflow run {parent_id} in "
+    print(f"search {p.name!r}: {p.num_samples} trials of {p.task.name} from {p.space.path} ({args.seeds} seed"
+          f"{'s' if args.seeds != 1 else ''} per design, {p.sampler_kind}) | {p.run.length}; evaluated "
+          f"{p.run.interval}; rungs at {list(p.schedule.rungs) or 'none'} | MLflow run {parent_id} in "
           f"{p.tracking_uri}")
     from search.tuner import fit
 

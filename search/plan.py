@@ -16,6 +16,7 @@ from typing import Any
 
 from search.rungs import rung_steps
 from search.space import BranchWalker, SearchSpace, load_space
+from search.studyplan import grid_configs, planned_trials, replicate_seeds
 from trainables.config import parse_overrides
 from trainables.counting import count_params
 from trainables.presets import load_presets
@@ -36,6 +37,11 @@ class SpaceSampler:
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         design, train, preset = self.space.sample(trial)
+        return self.price(design, train, preset, trial)
+
+    def price(self, design: Any, train: dict[str, Any], preset: str | None = None, trial: Any = None
+              ) -> dict[str, Any]:
+        """The trial config of `design` with `train` settings, priced exactly on this search's model."""
         counts = count_params(design, self.config, self.task_kind)
         if hasattr(trial, "set_user_attr"):  # an Optuna trial (not a validation walker): kept in the study
             trial.set_user_attr("fraction", counts.fraction)
@@ -86,8 +92,12 @@ class SearchPlan:
     concurrency: int
     max_failures: int
     address: str | None
-    sampler_kind: str  # tpe | nsga2
-    seed: int
+    sampler_kind: str  # tpe | nsga2 | grid
+    seed: int  # the sampler's (--seed); the training seed is run.train.seed, the first replicate's
+    reference: Any = None  # search.contract.Reference: the hypervolume reference score of the task
+    seeds: tuple[int, ...] = (0,)  # each design's replicate training seeds (search.studyplan.replicate_seeds)
+    study: tuple[dict[str, Any], ...] | None = None  # a study's fixed configs (a grid, a given front); None: optimize
+    best_lr: bool = False  # --seeds-at-best-lr
 
     @property
     def task(self) -> Task:
@@ -125,6 +135,7 @@ def plan(args: argparse.Namespace) -> SearchPlan:
     """Resolve and check everything; raises SearchError (one line) on bad input."""
     from trainables.models import check_lengths, config_for
 
+    resolve_study_flags(args)
     try:
         space = load_space(args.space)
         task_name = args.dataset or space.task or "toy-cls"
@@ -138,14 +149,19 @@ def plan(args: argparse.Namespace) -> SearchPlan:
         model_config = config_for(run.task, run.train.model)
         check_lengths(run.task, model_config, run.train.max_length, run.train.max_target_length)  # before Ray starts
         schedule = _schedule(args, run)
-        if args.num_samples < 1 or args.concurrency < 1:
+        if (args.num_samples is not None and args.num_samples < 1) or args.concurrency < 1:
             raise SearchError(f"--num-samples and --concurrency must be >= 1, got {args.num_samples}, "
                               f"{args.concurrency}")
         space = dataclasses.replace(space, train=sampled)  # fixed settings live in `run`; the sampler samples the rest
         sampler = SpaceSampler(space, model_config, run.task.kind)
         sampler(BranchWalker([]))  # prices one design now: the model family must fit, and the meta statistics build
+        seeds = replicate_seeds(args.seeds, run.train.seed)
+        study = study_configs(args, space, sampler)
     except ValueError as err:
         raise SearchError(str(err)) from None
+    best_lr = bool(getattr(args, "seeds_at_best_lr", False))
+    # Ray trials in all: designs x replicate seeds (a study: what it lists)
+    trials = planned_trials(study, len(seeds), best_lr) if study is not None else (args.num_samples or 8) * len(seeds)
     name = search_name(args.name or f"{Path(args.space).stem}-{run.task.name}")
     storage = storage_folder(args.storage)
     trial = TrialContext(run=run, trials_dir=str(storage / name / "trials"), results_dir=str(storage / name / "results"),
@@ -154,13 +170,61 @@ def plan(args: argparse.Namespace) -> SearchPlan:
                          gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial)
     return SearchPlan(space=space, run=run, sampler=sampler, schedule=schedule, trial=trial, name=name,
                       storage=storage, tracking_uri=args.tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}",
-                      experiment=args.experiment or name, num_samples=args.num_samples, concurrency=args.concurrency,
-                      max_failures=args.max_failures, address=args.address, sampler_kind=args.sampler, seed=args.seed)
+                      experiment=args.experiment or name, num_samples=trials, concurrency=args.concurrency,
+                      max_failures=args.max_failures, address=args.address, sampler_kind=args.sampler, seed=args.seed,
+                      reference=task_reference(run.task, run.train), seeds=tuple(seeds),
+                      study=tuple(study) if study is not None else None, best_lr=best_lr)
 
 
 def _candidates(dim: Any) -> tuple[Any, ...]:
     """The values a sampled dimension can take that bound its validity: a range's ends, or every choice."""
     return (dim.low, dim.high) if dim.kind in ("int", "float") else tuple(dim.values)
+
+
+def study_configs(args: argparse.Namespace, space: SearchSpace, sampler: SpaceSampler
+                  ) -> list[dict[str, Any]] | None:
+    """The fixed configs of a study (a grid, or a front handed over by search.reevaluate); None for an optimizer."""
+    front = getattr(args, "front", None)
+    if front is not None:
+        from trainables.design import DesignPoint
+
+        return [sampler.price(DesignPoint.from_dict(c["design"]), c["train"], c.get("preset")) for c in front]
+    if args.sampler != "grid":
+        return None
+    return grid_configs(space, sampler)
+
+
+def resolve_study_flags(args: argparse.Namespace) -> None:
+    """A study (a grid or a given front) trains every config to full fidelity: no early stopping, no sample count.
+    Sets `args.scheduler` to its default ('none' for a study, else 'pareto')."""
+    study = args.sampler == "grid" or getattr(args, "front", None) is not None
+    if study and args.scheduler not in (None, "none"):
+        raise SearchError(f"a study (--sampler grid, or a re-evaluated front) trains every design to full fidelity, "
+                          f"so it cannot use early stopping; got --scheduler {args.scheduler}: drop it")
+    if study and args.num_samples is not None:
+        raise SearchError(f"a study trains every configuration it lists (x --seeds); got --num-samples "
+                          f"{args.num_samples}: drop it, or list fewer values in the space")
+    if getattr(args, "seeds_at_best_lr", False) and not study:
+        raise SearchError("--seeds-at-best-lr chooses each design's lr among a grid's listed values; it needs "
+                          "--sampler grid")
+    args.scheduler = args.scheduler or ("none" if study else "pareto")
+
+
+def task_reference(task: Task, train: Any) -> Any:
+    """The hypervolume reference score: majority class of the evaluation examples when they are local or generated
+    (read once, cheaply), else chance; 0 for BLEU/ROUGE."""
+    from search.contract import task_reference as reference
+
+    labels = None
+    if task.kind == "classification" and (task.generated or train.data_dir):
+        from trainables.data import load_examples
+
+        try:
+            labels = [int(e["label"]) for e in load_examples(task, "validation", train.data_dir,
+                                                             limit=train.eval_cap, seed=train.seed)]
+        except (OSError, ValueError):  # unreadable data fails the trials with its own message; chance will do here
+            labels = None
+    return reference(task.name, labels)
 
 
 def _schedule(args: argparse.Namespace, run: RunConfig) -> Schedule:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,18 +188,23 @@ class BranchWalker:
         return low
 
 
-def walk_branches(sample: Callable[[Any], Any], limit: int = 100_000) -> int:
-    """Run `sample` once per categorical branch (numeric options at their low end); returns the branch count."""
+def iter_branches(sample: Callable[[Any], Any], limit: int = 100_000) -> Iterator[Any]:
+    """`sample(walker)` once per categorical branch (numeric options at their low end), at most `limit` times."""
     path: list[int] = []
     for count in itertools.count(1):
         w = BranchWalker(path)
-        sample(w)
+        yield sample(w)
         path = path[: len(w.widths)] + [0] * max(0, len(w.widths) - len(path))
         while path and path[-1] + 1 >= w.widths[len(path) - 1]:
             path.pop()
         if not path or count >= limit:
-            return count
+            return
         path[-1] += 1
+
+
+def walk_branches(sample: Callable[[Any], Any], limit: int = 100_000) -> int:
+    """Run `sample` once per categorical branch (numeric options at their low end); returns the branch count."""
+    return sum(1 for _ in iter_branches(sample, limit))
 
 
 def validate(space: SearchSpace) -> dict[str, int]:
@@ -286,6 +291,10 @@ def parse_space(raw: Any, origin: str = "<space>", text: str = "") -> SearchSpac
         if key not in kinds:
             raise ValueError(f"train: unknown or reserved setting {key!r}; expected some of {sorted(kinds)}")
         train[key] = _dim(f"train.{key}", value, *kinds[key])
+    if "seed" in train and train["seed"].kind != "fixed":
+        raise ValueError(f"train.seed is a replicate seed, never a searched value (the search would select lucky "
+                         f"seeds), got {raw['train']['seed']!r}; fix it (seed: 42) and pass --seeds N to train each "
+                         "design under N seeds")
     presets = tuple(raw.get("presets") or ())
     for name in presets:
         get_preset(name)

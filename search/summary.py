@@ -6,17 +6,20 @@ from typing import Any
 
 
 def front_table(df: Any) -> str:
-    from analysis.design import describe_design, pareto_flags
+    """The Pareto-optimal designs, one line each: mean score over their seeds (± std), fraction, stored, design."""
+    from analysis.design import describe_design
+    from analysis.groups import design_groups, group_front
 
-    front = df[pareto_flags(df)].sort_values("fraction")
-    if front.empty:
+    groups = design_groups(df)
+    if groups.empty:
         return "no trial reached full fidelity, so there is no front yet"
-    lines = [f"{'score':>8}  {'fraction':>9}  {'stored':>11}  design"]
-    for _, row in front.iterrows():
-        design = " | ".join(describe_design(row)) + (f"  [{row['preset']}]" if isinstance(row.get("preset"), str)
-                                                     else "")
-        lines.append(f"{row['score']:>8.4f}  {100 * row['fraction']:>8.3f}%  {int(row['params.stored']):>11,}  "
-                     f"{design}")
+    lines = [f"{'score':>16}  {'fraction':>9}  {'stored':>11}  design"]
+    for g in groups[group_front(groups)].sort_values("fraction").to_dict("records"):
+        row = df.iloc[g["row"]]
+        design = " | ".join(describe_design(row.to_dict())) + (f"  [{g['preset']}]" if isinstance(g["preset"], str)
+                                                              else "")
+        score = f"{g['score']:.4f}" + (f" ± {g['score_std']:.4f}" if g["n_seeds"] > 1 else "")
+        lines.append(f"{score:>16}  {100 * g['fraction']:>8.3f}%  {int(row['params.stored']):>11,}  {design}")
     return "\n".join(lines)
 
 

@@ -14,7 +14,6 @@ store is created once, whole (`create_store`), so searches started together in o
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import time
@@ -27,12 +26,12 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from analysis.mlflow_filter import runs_where
+from search import contract as C
 from search.outbox import Outbox, http_policy, is_transient
 from search.searcher import outcome
 from trainables.design import DesignPoint
 
-_STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED", "skipped": "KILLED"}
-PARENT_KEY = "petl.search_dir"
+PARENT_KEY = C.SEARCH_DIR_TAG
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -110,13 +109,11 @@ def parent_run(client: MlflowClient, experiment: str, search_dir: str, params: M
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     if resume:
-        found = runs_where(client, [exp_id], {"petl.role": "search", PARENT_KEY: search_dir})
+        found = runs_where(client, [exp_id], {C.ROLE_TAG: C.ROLE_SEARCH, PARENT_KEY: search_dir})
         if found:
             client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
-    run = client.create_run(exp_id, run_name=Path(search_dir).name, tags={
-        "petl.role": "search", PARENT_KEY: search_dir, "petl.code_version": code_version(),
-        "mlflow.source.git.commit": code_version()})
+    run = client.create_run(exp_id, run_name=Path(search_dir).name, tags=C.parent_tags(search_dir, code_version()))
     run_id = run.info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     for name, text in artifacts.items():
@@ -161,7 +158,7 @@ class MlflowSearchCallback(Callback):
         self._done: set[str] = set()  # trials whose final status is recorded
         self._refreshed = 0.0
         self._running: set[str] = set()
-        self.counts = {"finished": 0, "stopped": 0, "failed": 0, "skipped": 0}
+        self.counts = {C.FINISHED: 0, C.STOPPED: 0, C.FAILED: 0, C.SKIPPED: 0}
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks into tuner.pkl when the search starts
         state = dict(self.__dict__)
@@ -190,16 +187,16 @@ class MlflowSearchCallback(Callback):
 
     def _resync(self) -> None:
         parent = self.client.get_run(self.parent_id)
-        for run in runs_where(self.client, [parent.info.experiment_id], {"mlflow.parentRunId": self.parent_id}):
-            trial_id, state = run.data.tags.get("petl.trial_id"), run.data.tags.get("petl.status")
+        for run in runs_where(self.client, [parent.info.experiment_id], {C.PARENT_RUN_TAG: self.parent_id}):
+            trial_id, state = run.data.tags.get(C.TRIAL_ID_TAG), run.data.tags.get(C.STATUS_TAG)
             if trial_id is None:
                 continue
             self._runs[trial_id] = run.info.run_id
             if state in self.counts:
                 self.counts[state] += 1
                 self._done.add(trial_id)
-                if state == "finished" and "score" in run.data.metrics:
-                    self._front.append((run.data.metrics["score"], run.data.metrics["fraction"]))
+                if state == C.FINISHED and C.SCORE in run.data.metrics:
+                    self._front.append((C.objective(run.data.metrics), run.data.metrics[C.FRACTION]))
 
     # -- writes: each one a JSON-able record, sent (or queued) in order ------------------------------------------
 
@@ -215,7 +212,7 @@ class MlflowSearchCallback(Callback):
         if trial_id not in self._runs:
             parent = self.client.get_run(self.parent_id)
             found = runs_where(self.client, [parent.info.experiment_id],
-                               {"mlflow.parentRunId": self.parent_id, "petl.trial_id": trial_id})
+                               {C.PARENT_RUN_TAG: self.parent_id, C.TRIAL_ID_TAG: trial_id})
             if found:
                 self._runs[trial_id] = found[0].info.run_id
         return self._runs.get(trial_id)
@@ -227,21 +224,15 @@ class MlflowSearchCallback(Callback):
             self.client.update_run(run_id, status="RUNNING")
             return
         parent = self.client.get_run(self.parent_id)
-        tags = {"mlflow.parentRunId": self.parent_id, "petl.role": "trial", "petl.trial_id": trial_id,
-                "petl.max_fidelity": str(self.max_steps), "petl.status": "running"}
-        if cfg.get("preset"):
-            tags["petl.preset"] = cfg["preset"]
+        design = DesignPoint.from_dict(cfg["design"])
+        tags = C.trial_tags(parent_id=self.parent_id, trial_id=trial_id, max_steps=self.max_steps, design=design,
+                            preset=cfg.get("preset"), replicate=cfg.get("replicate"))
         run = self.client.create_run(parent.info.experiment_id, run_name=trial_id, tags=tags)
         run_id = self._runs[trial_id] = run.info.run_id
         self._steps[trial_id] = set()
-        design = DesignPoint.from_dict(cfg["design"])
-        params = {**design.to_params(), **{f"train.{k}": v for k, v in cfg.get("train", {}).items()}}
-        counts = cfg.get("counts", {})
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()], metrics=[
-            Metric(k, float(v), op["time"], 0) for k, v in
-            {"fraction": cfg["fraction"], "params.trainable": counts.get("trainable", math.nan),
-             "params.stored": counts.get("stored", math.nan)}.items()])
-        self.client.set_tag(run_id, "petl.design", design.describe())
+        params = C.trial_params(design, cfg.get("train", {}))
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()], metrics=[
+            Metric(k, v, op["time"], 0) for k, v in C.count_metrics(cfg["fraction"], cfg.get("counts", {})).items()])
 
     def _log_metrics(self, op: dict[str, Any]) -> None:
         trial_id, step = op["trial"], op["step"]
@@ -249,7 +240,7 @@ class MlflowSearchCallback(Callback):
         if run_id is None:
             raise _missing_run(trial_id)
         if trial_id not in self._steps:  # a run from before a restart: its steps are in the store
-            self._steps[trial_id] = {m.step for m in self.client.get_metric_history(run_id, "score")}
+            self._steps[trial_id] = {m.step for m in self.client.get_metric_history(run_id, C.SCORE)}
         if step in self._steps[trial_id]:
             return  # a step reported again (a trial answered from its own result after a driver kill)
         self.client.log_batch(run_id, metrics=[Metric(k, v, op["time"], step) for k, v in op["metrics"].items()])
@@ -260,7 +251,7 @@ class MlflowSearchCallback(Callback):
         if run_id is None:
             raise _missing_run(op["trial"])
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
-        self.client.set_terminated(run_id, _STATUS[op["state"]], end_time=op["time"])
+        self.client.set_terminated(run_id, C.MLFLOW_STATUS[op["state"]], end_time=op["time"])
 
     # -- Ray Tune events -------------------------------------------------------------------------------------------
 
@@ -274,30 +265,23 @@ class MlflowSearchCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._last[trial.trial_id] = result
-        if "score" not in result:
+        if C.SCORE not in result:
             return
-        keys = ["score", "selected_score", "selected_step", "loss", "eval_loss", "tokens_per_s", "elapsed_s"] + [
-            k for k in result if k.startswith("metric.")]
         self._write({"op": "metrics", "trial": trial.trial_id, "step": int(result["step"]), "time": _now_ms(),
-                     "metrics": {k: float(result[k]) for k in keys if isinstance(result.get(k), (int, float))}})
+                     "metrics": C.step_metrics(result)})
 
     def _finish(self, trial: Any, state: str, result: Mapping[str, Any] | None, reason: str | None) -> None:
         fidelity = int((result or {}).get("step", 0))
-        tags = {"petl.status": state, "petl.fidelity": str(fidelity)}
-        if state == "stopped":
-            tags["petl.stopped_at"] = str(fidelity)
-        if reason:
-            tags["petl.failure"] = reason[:5000]
-        if (result or {}).get("reused_from"):  # an identical config's result, not trained again
-            tags["petl.reused_from"] = str(result["reused_from"])
+        # reused_from: an identical config's result, not trained again
+        tags = C.final_tags(state, fidelity, reason, (result or {}).get("reused_from"))
         # Closed before the report refresh: the report orders trials by end time.
         self._write({"op": "close", "trial": trial.trial_id, "state": state, "tags": tags, "time": _now_ms()})
         again = trial.trial_id in self._done  # recorded before a driver kill, then run again by --resume
         if not again:
             self.counts[state] += 1
             self._done.add(trial.trial_id)
-            if state == "finished" and result is not None:
-                self._front.append((float(result["selected_score"]), float(trial.config["fraction"])))
+            if state == C.FINISHED and result is not None:
+                self._front.append((C.objective(result), float(trial.config["fraction"])))
         self._running.discard(trial.trial_id)
         self._refresh()
         self._progress(trial, state, result, again)
@@ -310,7 +294,7 @@ class MlflowSearchCallback(Callback):
         done = sum(self.counts.values())
         line = (f"[{done}/{self.num_samples}] {trial.trial_id} {state}"
                 + (" (already recorded before the restart)" if again else "")
-                + (f" score {result['selected_score']:.4f}" if state == "finished" and result else "")
+                + (f" score {C.objective(result):.4f}" if state == C.FINISHED and result else "")
                 + (f" (reused from {result['reused_from']})" if result and result.get("reused_from") else "")
                 + f" @ {100 * float(trial.config['fraction']):.3f}% | {len(self._running)} running, "
                 + ", ".join(f"{v} {k}" for k, v in self.counts.items() if v))
@@ -374,8 +358,8 @@ def close_interrupted(client: Any, parent_id: str) -> list[str]:
     Their partial steps are lost; left RUNNING they would look alive forever.
     """
     parent = client.get_run(parent_id)
-    runs = runs_where(client, [parent.info.experiment_id], {"mlflow.parentRunId": parent_id}, status="RUNNING")
+    runs = runs_where(client, [parent.info.experiment_id], {C.PARENT_RUN_TAG: parent_id}, status="RUNNING")
     for run in runs:
-        client.set_tag(run.info.run_id, "petl.status", "interrupted")
-        client.set_terminated(run.info.run_id, "KILLED")
-    return [r.data.tags.get("petl.trial_id", r.info.run_id) for r in runs]
+        client.set_tag(run.info.run_id, C.STATUS_TAG, C.INTERRUPTED)
+        client.set_terminated(run.info.run_id, C.MLFLOW_STATUS[C.INTERRUPTED])
+    return [r.data.tags.get(C.TRIAL_ID_TAG, r.info.run_id) for r in runs]

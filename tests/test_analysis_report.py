@@ -13,7 +13,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Param, Run, RunData, RunInfo, RunTag
 
-from analysis.design import BASE_COLUMNS, completion_order, pareto_flags
+from analysis.design import BASE_COLUMNS, completion_order
+from analysis.groups import pareto_flags
 from analysis.load import SearchNotFoundError, TrackingUnreachableError, load_search, runs_to_frame
 from analysis.pareto import hypervolume
 from analysis.report import main, update_search_report
@@ -146,17 +147,28 @@ def test_report_main_writes_and_logs(tmp_path: Path) -> None:
     s = fabricate_search(client, EXPERIMENT, 12, seed=3, statuses=STATUSES)
     out = tmp_path / "report"
     assert main(["--experiment", EXPERIMENT, "--tracking-uri", uri, "--out", str(out)]) == 0
-    names = ["front.png", "front.html", "importance.png", "trials.csv", "summary.md"]
+    names = ["front.png", "front.html", "importance.png", "trials.csv", "effects.csv", "summary.md"]
     for name in names:
         assert (out / name).stat().st_size > 0, name
     _check_png(out / "front.png")
     _check_png(out / "importance.png")
     html = (out / "front.html").read_text(encoding="utf-8")
     assert "cdn.plot.ly" not in html.split("<body>")[0] and len(html) > 1_000_000  # plotly.js embedded
-    assert "ffn: relu, parallel, scaled s=4, r=512" in html  # MAM's FFN adapter in the paper's vocabulary
+    # MAM in its own words, prefix MLP included (it was dropped when the report tested settings for truthiness).
+    assert "head_attn: softmax, parallel, gated, l=30, prefix MLP 800" in html
+    assert "ffn: relu, parallel, scaled s=4, r=512, init=lora, dropout=0.1" in html
+    assert "hypervolume reference score 0.5 (chance, 1\\u002f2 classes; the search recorded no reference)" in html
     assert len(pd.read_csv(out / "trials.csv")) == 12
+    effects = pd.read_csv(out / "effects.csv")
+    assert list(effects.columns) == ["axis", "site", "a", "b", "diff", "ci_low", "ci_high", "n_pairs", "verdict",
+                                     "conclusion"]
+    assert effects["conclusion"].dropna().tolist() == ["parallel > sequential", "FFN > attention at larger budgets",
+                                                       "scaled > plain addition", "multi-head wins at tiny budgets"]
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "| design |" in summary and "mam" in summary and "MB" in summary
+    assert "- hypervolume reference score: 0.5 (chance, 1/2 classes; the search recorded no reference)" in summary
+    assert "## Hypervolume per design family" in summary and "| MAM | 1 |" in summary
+    assert "## The paper's conclusions, like for like" in summary
 
     logged = {Path(a.path).name for a in client.list_artifacts(s.parent_run_id, "analysis")}
     assert set(names) <= logged
@@ -168,7 +180,7 @@ def test_report_main_writes_and_logs(tmp_path: Path) -> None:
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(12))
     assert np.all(np.diff(values) >= 0)
     full = np.where(df["full_fidelity"], df["score"], np.nan)
-    assert values[-1] == pytest.approx(hypervolume(full, df["fraction"]))
+    assert values[-1] == pytest.approx(hypervolume(full, df["fraction"], ref_score=0.5))  # the task's chance score
 
     pareto = pareto_flags(df)
     assert pareto.any()
@@ -229,10 +241,28 @@ def test_periodic_refresh_defers_importance_and_keeps_the_last_plot(tmp_path: Pa
     out = tmp_path / "report"
     quick = update_search_report(client, s.parent_run_id, out, importance=False)
     assert not (out / "importance.png").exists() and "importance.png" not in quick.files
-    assert "importance.png is computed when the search ends" in (out / "summary.md").read_text(encoding="utf-8")
+    assert "importance.png and the like-for-like effects are computed when the search ends" in (
+        out / "summary.md").read_text(encoding="utf-8")
     update_search_report(client, s.parent_run_id, out)  # the final report computes it
     assert (out / "importance.png").stat().st_size > 0
     mtime = (out / "importance.png").stat().st_mtime_ns
     again = update_search_report(client, s.parent_run_id, out, importance=False)
     assert again.files["importance.png"] == out / "importance.png"  # still attached, not recomputed
     assert (out / "importance.png").stat().st_mtime_ns == mtime
+
+
+def test_reference_score_override_is_written_everywhere_but_the_searchs_history(tmp_path: Path) -> None:
+    uri, client = _store(tmp_path)
+    s = fabricate_search(client, EXPERIMENT, 12, seed=3, statuses=STATUSES)
+    out = tmp_path / "r"
+    args = ["--experiment", EXPERIMENT, "--tracking-uri", uri, "--out", str(out), "--reference-score", "0.7"]
+    assert main(args) == 0
+    df = load_search(EXPERIMENT, tracking_uri=uri)
+    hv = hypervolume(np.where(df["full_fidelity"], df["score"], np.nan), df["fraction"], ref_score=0.7)
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert f"- hypervolume: {hv:.4g} (" in summary and hv < hypervolume(df["score"], df["fraction"], ref_score=0.5)
+    assert "- hypervolume reference score: 0.7 (given on the command line)" in summary
+    assert "hypervolume reference score 0.7 (given on the command line)" in (out / "front.html").read_text()
+    # A report against another reference must not add points to the search's own hypervolume history.
+    assert client.get_metric_history(s.parent_run_id, "hypervolume") == []
+    assert {Path(a.path).name for a in client.list_artifacts(s.parent_run_id, "analysis")} >= {"summary.md"}

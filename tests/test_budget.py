@@ -26,15 +26,16 @@ def drive(sampler: str, trials: int) -> tuple[list[float], list]:
     the configs handed over and the study's draws."""
     args = build_parser().parse_args(["--sampler", sampler, "--max-param-fraction", str(LIMIT), "--seed", "0"])
     p = plan(args)  # spaces/smoke.yaml on toy-cls with MiniLM
-    searcher = make_searcher(p, args)
+    searcher = make_searcher(p)
     handed = []
     for i in range(trials):
         config = searcher.suggest(f"t{i}")
         handed.append(config["fraction"])
         result = ({"over_budget": 1, "step": 0} if config["fraction"] > LIMIT else
-                  {"step": p.max_steps, "score": 0.8 + 0.02 * math.log10(config["fraction"])})
+                  {"step": p.max_steps, "score": 0.8 + 0.02 * math.log10(config["fraction"]),
+                  "selected_score": 0.8 + 0.02 * math.log10(config["fraction"])})
         searcher.on_trial_complete(f"t{i}", {**result, "fraction": config["fraction"]})
-    return handed, searcher.study.trials
+    return handed, searcher.searcher.study.trials  # the Optuna searcher inside ReplicateSearcher
 
 
 def over(draws: list) -> int:

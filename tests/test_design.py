@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from trainables.design import (
@@ -109,8 +111,64 @@ def test_yaml_ints_coerce_to_float_fields() -> None:
 
 def test_describe_uses_the_papers_vocabulary() -> None:
     assert load_presets()["mam"].design.describe() == (
-        "head_attn: softmax, parallel, gated, l=30\nffn: relu, parallel, scaled s=4, r=512"
+        "head_attn: softmax, parallel, gated, l=30, prefix MLP 800\n"
+        "ffn: relu, parallel, scaled s=4, r=512, init=lora, dropout=0.1"
     )
+    assert load_presets()["houlsby"].design.describe() == (
+        "attn: relu, sequential, add, r=200, LayerNorm in, init=bert, dropout=0.1\n"
+        "ffn: relu, sequential, add, r=200, init=bert, dropout=0.1"
+    )
+    assert load_presets()["scaled_pa_learned"].design.describe() == (
+        "ffn: relu, parallel, scaled s=1 learned, r=512, init=lora, dropout=0.1")
+    assert DesignPoint(backbone=Backbone.BIAS, train_task_head=False).describe() == "backbone: bias\ntask head: frozen"
+
+
+_VARIANTS = {"form": list(Form), "size": [3], "insertion": list(Insertion), "composition": list(Composition),
+             "scale": [2.5, 4.0000001], "learn_scale": [True, False], "init": [None, *Init],
+             "layernorm": list(LayerNormPos), "dropout": [0.0, 0.2, 0.1000001], "prefix_mlp": [0, 64]}
+
+
+def _single_setting_variants(base: DesignPoint) -> list[tuple[str, DesignPoint]]:
+    """Every valid design that differs from `base` in exactly one setting."""
+    out = []
+    for rep, spec in base.sites().items():
+        for name, values in _VARIANTS.items():
+            for v in values:
+                if getattr(spec, name) == v:
+                    continue
+                try:
+                    changed = dataclasses.replace(base, **{rep.value: dataclasses.replace(spec, **{name: v})})
+                except ValueError:
+                    continue  # a design rule forbids it: not a design that could be described
+                out.append((f"{rep.value}.{name}={v}", changed))
+    for name, v in (("prompt_length", 5), ("backbone", Backbone.BIAS), ("train_task_head", False)):
+        out.append((f"{name}={v}", dataclasses.replace(base, **{name: v})))
+    return out
+
+
+@pytest.mark.parametrize("composition", [Composition.SCALED, Composition.ADD])
+def test_two_designs_that_differ_in_any_single_setting_describe_differently(composition: Composition) -> None:
+    scaled = dict(composition=Composition.SCALED, scale=2.0) if composition is Composition.SCALED else {}
+    base = DesignPoint(
+        head_attn=SiteSpec(form=Form.SOFTMAX, size=8, composition=Composition.GATED, prefix_mlp=32),
+        attn=SiteSpec(form=Form.RELU, size=8, insertion=Insertion.SEQUENTIAL, layernorm=LayerNormPos.IN,
+                      init=Init.BERT, dropout=0.1, **scaled),
+        ffn=SiteSpec(form=Form.GELU, size=16, **scaled),
+        query=SiteSpec(form=Form.IDENTITY, size=4, init=Init.LORA, **scaled),
+        fc2=SiteSpec(form=Form.IDENTITY, size=4, dropout=0.1, **scaled),
+    )
+    variants = _single_setting_variants(base)
+    assert len(variants) >= 60  # every field of every site, where the rules allow a change
+    changed_fields = {label.split("=")[0] for label, _ in variants}
+    # Each field of the sub-layer sites that can change alone is exercised (scaled s=2 cannot become add alone).
+    fixed = ("prefix_mlp", "composition") if composition is Composition.SCALED else ("prefix_mlp", "scale",
+                                                                                    "learn_scale")
+    for site in ("attn", "ffn"):
+        assert {f"{site}.{f}" for f in _VARIANTS if f not in fixed} <= changed_fields
+    assert "head_attn.prefix_mlp" in changed_fields
+    for label, variant in variants:
+        assert variant != base
+        assert variant.describe() != base.describe(), label
 
 
 def test_every_paper_method_has_a_preset() -> None:

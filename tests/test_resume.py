@@ -67,7 +67,9 @@ def test_a_killed_trial_resumes_to_the_uninterrupted_result(engine: str, stage: 
                                     out_dir=str(out) if out else None, **SETTINGS)
 
     full_rep, rep = ListReporter(), ListReporter()
-    full = train(DESIGN, cfg(), full_rep)
+    # Both with a trial folder: at max_steps a trial restores the checkpoint its select_metric chose (which may be
+    # step 5's), so both models are the selected ones, compared like with like.
+    full = train(DESIGN, cfg(tmp_path / "full"), full_rep)
     kill_at_step_5(cfg(tmp_path / "t"))
     resumed = train(DESIGN, cfg(tmp_path / "t"), rep)
     assert resumed.engine == full.engine == ("TorchEngine" if engine == "torch" else "DeepSpeedEngine")

@@ -75,7 +75,7 @@ def test_a_file_that_is_not_a_store_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as err:
         check_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}")
     message = str(err.value)
-    assert "\n" not in message and message.startswith(f"cannot reach the MLflow tracking store at 'sqlite:///")
+    assert "\n" not in message and message.startswith("cannot reach the MLflow tracking store at 'sqlite:///")
     assert message.endswith("the file is not a usable MLflow store: move it aside (a new one is created) or pass "
                             "--tracking-uri")
 
@@ -147,7 +147,8 @@ def trial(trial_id: str, fraction: float = 0.01) -> SimpleNamespace:
 
 
 def result(step: int, score: float = 0.5) -> dict:
-    return {"step": step, "score": score, "loss": 0.3, "eval_loss": 0.4, "tokens_per_s": 9.0, "elapsed_s": 1.0}
+    return {"step": step, "score": score, "selected_score": score, "selected_step": step, "loss": 0.3,
+            "eval_loss": 0.4, "tokens_per_s": 9.0, "elapsed_s": 1.0}
 
 
 @pytest.fixture()

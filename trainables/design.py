@@ -292,19 +292,66 @@ class DesignPoint:
         return out
 
     def describe(self) -> str:
-        """One line per modified representation in the paper's words, e.g. `ffn: relu, parallel, scaled s=4, r=512`."""
-        lines = []
-        for rep, s in self.sites().items():
-            budget = "l" if rep is Representation.HEAD_ATTN else "r"
-            comp = s.composition.value
-            if s.composition is Composition.SCALED:
-                comp += " s=learned" if s.learn_scale else f" s={s.scale:g}"
-            lines.append(f"{rep.value}: {s.form.value}, {s.insertion.value}, {comp}, {budget}={s.size}")
+        """One line per modified representation in the paper's words, then every setting that is not its default.
+
+        E.g. `ffn: relu, parallel, scaled s=4, r=512, init=lora, dropout=0.1`. Any two different design points describe
+        differently: every field shows whenever it could differ (tests/test_design.py perturbs each one).
+        """
+        lines = [_describe_site(rep, s) for rep, s in self.sites().items()]
         if self.prompt_length:
             lines.append(f"prompt: l={self.prompt_length}")
         if self.backbone is not Backbone.FROZEN:
             lines.append(f"backbone: {self.backbone.value}")
+        if not self.train_task_head:
+            lines.append("task head: frozen")
         return "\n".join(lines)
+
+    def family(self) -> str:
+        """The paper's name for this kind of design (prefix, MH PA, LoRA, SA, PA, scaled PA, MAM, BitFit, prompt
+        tuning, full FT), or the kinds it combines joined by `+` (e.g. `prefix+LoRA`). MAM is prefix tuning at the
+        attention heads with a scaled parallel adapter at the FFN (He et al., Section 4.6)."""
+        if self.backbone is Backbone.FULL:
+            return "full FT"
+        kinds = list(dict.fromkeys(_module_kind(rep, s) for rep, s in self.sites().items()))
+        if set(kinds) == {"prefix", "scaled PA"} and self.ffn is not None and self.attn is None:
+            kinds = ["MAM"]
+        if self.prompt_length:
+            kinds.append("prompt tuning")
+        if self.backbone is Backbone.BIAS:
+            kinds.append("BitFit")
+        return "+".join(kinds)
+
+
+def _num(x: float) -> str:
+    """Shortest exact spelling: 4.0 -> '4', 0.1 -> '0.1', 4.0000001 stays distinct from 4."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(x)
+
+
+def _describe_site(rep: Representation, s: SiteSpec) -> str:
+    comp = s.composition.value
+    if s.composition is Composition.SCALED:
+        comp += f" s={_num(s.scale)}" + (" learned" if s.learn_scale else "")
+    parts = [s.form.value, s.insertion.value, comp, f"{'l' if rep is Representation.HEAD_ATTN else 'r'}={s.size}"]
+    if s.layernorm is not LayerNormPos.NONE:
+        parts.append(f"LayerNorm {s.layernorm.value}")
+    if s.prefix_mlp:
+        parts.append(f"prefix MLP {s.prefix_mlp}")
+    if s.init is not None:
+        parts.append(f"init={s.init.value}")
+    if s.dropout:
+        parts.append(f"dropout={_num(s.dropout)}")
+    return f"{rep.value}: " + ", ".join(parts)
+
+
+def _module_kind(rep: Representation, s: SiteSpec) -> str:
+    if rep is Representation.HEAD_ATTN:
+        return "prefix" if s.form is Form.SOFTMAX else "MH PA"
+    if rep in WEIGHT_SITES:
+        return "LoRA"
+    if s.insertion is Insertion.SEQUENTIAL:
+        return "SA"
+    return "scaled PA" if s.composition is Composition.SCALED else "PA"
 
 
 _SITE_FIELDS = {f.name: f for f in dataclasses.fields(SiteSpec)}

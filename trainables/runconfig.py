@@ -68,7 +68,8 @@ class RunConfig:
 
     def trial_config(self, sampled: Mapping[str, Any], out_dir: str | None) -> TrainConfig:
         """The one TrainConfig of a trial: the resolved settings with the trial's sampled values and its folder."""
-        unexpected = sorted(set(sampled) - set(self.sampled))
+        # `seed` is set per trial by replicate seeds (search/replicates.py), never sampled
+        unexpected = sorted(set(sampled) - set(self.sampled) - {"seed"})
         if unexpected:
             raise ValueError(f"settings {unexpected} were not declared as sampled when the run was resolved "
                              f"(sampled: {list(self.sampled)})")
