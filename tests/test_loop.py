@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from trainables import loop
 from trainables.checkpoint import load_trained, read_design
@@ -232,3 +233,38 @@ def test_the_final_checkpoint_is_written_before_the_last_report(tmp_path: Path) 
         train(PA, TrainConfig.for_task("toy-cls", max_steps=6, eval_every=3, out_dir=str(tmp_path / "t"), **FAST),
               StopAtLast())
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["design.json", "petl.safetensors"]
+
+
+def test_plain_batch_order_is_the_seeded_permutation_of_each_epoch() -> None:
+    order = loop.BatchOrder(100, 32, seed=7)  # 3 batches per epoch; rows 96..99 of a permutation wait an epoch
+    for k, epoch, j in ((0, 0, 0), (2, 0, 2), (3, 1, 0), (5, 1, 2)):
+        perm = torch.randperm(100, generator=torch.Generator().manual_seed(7 + epoch)).tolist()
+        assert order.batch(k) == perm[32 * j:32 * (j + 1)] == loop.batch_at(k, 100, 32, 7)
+
+
+def test_length_grouped_batches_pad_to_their_own_length() -> None:
+    torch.manual_seed(0)
+    lengths = (3 + torch.distributions.Geometric(0.1).sample((3200,)).clamp(max=60)).int().tolist()  # SST-2-like
+    n, size = len(lengths), 32
+    grouped, plain = loop.BatchOrder(n, size, 5, lengths), loop.BatchOrder(n, size, 5)
+    epoch = [grouped.batch(k) for k in range(n // size)]
+    assert sorted(i for b in epoch for i in b) == list(range(n))  # each row once per epoch
+    assert [i for b in epoch for i in b] == get_length_grouped_indices(lengths, size,
+                                                                       generator=torch.Generator().manual_seed(5))
+    padded = lambda order: sum(size * max(lengths[i] for i in order.batch(k)) for k in range(n // size))  # noqa: E731
+    assert padded(grouped) < 0.6 * padded(plain)
+    assert grouped.batch(n // size) != epoch[0]  # the next epoch is grouped again from a new permutation
+    with pytest.raises(ValueError, match=r"lengths must give one length per training row \(10\), got 3"):
+        loop.BatchOrder(10, 2, 0, [1, 2, 3])
+
+
+def test_group_by_length_groups_the_loop_s_training_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    def spy(lengths, size, generator=None):
+        seen.append((len(lengths), size))
+        return get_length_grouped_indices(lengths, size, generator=generator)
+
+    monkeypatch.setattr(loop, "get_length_grouped_indices", spy)
+    train(PA, TrainConfig.for_task("toy-cls", max_steps=3, eval_every=3, group_by_length=True, **FAST))
+    assert seen == [(2048, 16)]  # toy-cls has 2,048 training rows; one epoch ordered once

@@ -27,6 +27,7 @@ class TrainConfig:
     eval_cap: int | None = 1600  # evaluate on the first N dev examples (the official code's 1,600)
     train_limit: int | None = None  # read at most N training examples (cheap fidelities)
     batch_size: int = 32
+    group_by_length: bool = False  # batch rows of similar length together (less padding; loop.BatchOrder)
     grad_accum: int = 1
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 from transformers import get_polynomial_decay_schedule_with_warmup
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from trainables import data as D
 from trainables.checkpoint import load_resume, save_final, save_resume
@@ -49,12 +50,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class BatchOrder:
+    """Which training rows form the k-th batch: a fresh seeded order per epoch, so any step can be resumed exactly.
+
+    Without `lengths` an epoch is a plain random permutation. With `lengths` (tokens per training row) it is grouped
+    by length the way transformers' Trainer does for `group_by_length` (`get_length_grouped_indices`: the seeded
+    permutation cut into mega-batches of 50 batches, each sorted by length), so a batch pads to about its own length
+    instead of the longest of 32 random rows (3x fewer tokens on SST-2, whose rows are mostly short phrases). The
+    rows seen per epoch are the same; only which rows share a batch changes.
+    """
+
+    def __init__(self, n: int, size: int, seed: int, lengths: list[int] | None = None) -> None:
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"lengths must give one length per training row ({n}), got {len(lengths)}")
+        self.n, self.size, self.seed, self.lengths = n, size, seed, lengths
+        self._epoch, self._order = -1, []  # the current epoch's order: grouping 55k rows takes ~0.1 s
+
+    def batch(self, k: int) -> list[int]:
+        epoch, j = divmod(k, max(1, self.n // self.size))
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            if self.lengths is None:
+                self._order = torch.randperm(self.n, generator=gen).tolist()
+            else:
+                self._order = get_length_grouped_indices(self.lengths, self.size, generator=gen)
+            self._epoch = epoch
+        return self._order[j * self.size:(j + 1) * self.size]
+
+
 def batch_at(k: int, n: int, size: int, seed: int) -> list[int]:
-    """The k-th training batch: a fresh seeded permutation per epoch, so any step can be resumed exactly."""
-    per_epoch = max(1, n // size)
-    epoch, j = divmod(k, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-    return perm[j * size:(j + 1) * size].tolist()
+    """The k-th training batch of a plain random order (`BatchOrder` without lengths)."""
+    return BatchOrder(n, size, seed).batch(k)
 
 
 def prepare_data(task: Any, tokenizer: Any, cfg: TrainConfig) -> tuple[list[dict], list[dict], Callable]:
@@ -141,12 +167,15 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
 
+    lengths = [len(item["input_ids"]) for item in train_items] if cfg.group_by_length else None
+    order = BatchOrder(len(train_items), cfg.batch_size * world, cfg.seed, lengths)
+
     engine.module.train()
     for step in range(start + 1, cfg.max_steps + 1):
         tick = time.perf_counter()
         for micro in range(cfg.grad_accum):
             k = (step - 1) * cfg.grad_accum + micro
-            rows = batch_at(k, len(train_items), cfg.batch_size * world, cfg.seed)[rank::world]
+            rows = order.batch(k)[rank::world]
             batch = to_device(collate([train_items[i] for i in rows]), device)
             batch.pop("references", None)
             loss = loss_of(engine(**batch), batch["labels"], cfg.label_smoothing)
