@@ -268,3 +268,16 @@ def test_group_by_length_groups_the_loop_s_training_batches(monkeypatch: pytest.
     monkeypatch.setattr(loop, "get_length_grouped_indices", spy)
     train(PA, TrainConfig.for_task("toy-cls", max_steps=3, eval_every=3, group_by_length=True, **FAST))
     assert seen == [(2048, 16)]  # toy-cls has 2,048 training rows; one epoch ordered once
+
+
+def test_a_design_with_no_site_trains_the_classification_head_alone() -> None:
+    head = DesignPoint()  # frozen backbone, no site, no prompt: a linear probe, the control PETL must beat
+    res = train(head, TrainConfig.for_task("toy-cls", max_steps=2, eval_every=2, **FAST))
+    trainable = {n: p.numel() for n, p in res.model.named_parameters() if p.requires_grad}
+    assert sorted(trainable) == ["classifier.dense.bias", "classifier.dense.weight", "classifier.out_proj.bias",
+                                 "classifier.out_proj.weight"]
+    # tiny RoBERTa head, d=32, 2 labels: dense 32·32 + 32, out_proj 32·2 + 2
+    assert sum(trainable.values()) == res.counts.trainable == 32 * 32 + 32 + 32 * 2 + 2
+    assert (res.counts.stored, res.counts.fraction, head.describe()) == (0, 0.0, "task head only")
+    with pytest.raises(ValueError, match=r"trains only a classification head, but task 'toy-s2s' is seq2seq"):
+        train(head, TrainConfig.for_task("toy-s2s", max_steps=1, **FAST))
