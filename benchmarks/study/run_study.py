@@ -58,12 +58,27 @@ def code_version() -> dict[str, Any]:
         return {"commit": env or "unknown", "dirty": None}
 
 
+def model_sha(task: str, model: str) -> str:
+    """sha256 of the checkpoint's weights file: what a run's model is, wherever its folder lives."""
+    from trainables.models import resolve_model_path
+    from trainables.tasks import get_task
+
+    folder = Path(resolve_model_path(get_task(task), model))
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"model {model!r} must be a checkpoint folder with model.safetensors, got {folder}")
+    return splits.sha256(weights)
+
+
 class Tier:
     """One tier resolved against the design list: its grid, seeds, training settings and each run's fingerprint."""
 
-    def __init__(self, name: str, spec: dict[str, Any], smoke: bool, only: list[str] | None) -> None:
+    def __init__(self, name: str, spec: dict[str, Any], smoke: bool, only: list[str] | None,
+                 model: str | None = None) -> None:
         self.name, self.spec, self.smoke = name, spec, smoke
         self.study = load_study()
+        self.model = model or self.study.model  # a checkpoint folder, or the packaged MiniLM's alias
+        self.model_sha = model_sha(spec["task"], self.model)  # runs on other weights are other runs
         lrs = spec.get("designs") or {d.id: d.lrs for d in self.study.designs.values()}
         unknown = sorted(set(lrs) - set(self.study.designs)) + sorted(set(only or ()) - set(self.study.designs))
         if unknown:
@@ -77,7 +92,7 @@ class Tier:
         return self.study.designs[design_id]
 
     def settings(self, job: protocol.Job, data: splits.TierData) -> dict[str, Any]:
-        return {"task": self.spec["task"], "model": self.study.model, "data_dir": str(data.train_dir),
+        return {"task": self.spec["task"], "model": self.model, "data_dir": str(data.train_dir),
                 "eval_cap": None, "engine": "torch", "precision": "fp32", **self.train, "lr": job.lr,
                 "seed": job.seed}
 
@@ -85,7 +100,7 @@ class Tier:
         d = self.design(design_id)
         epochs = {s.value: self.epochs[s.value] for s in d.design.sites() if s.value in self.epochs}
         return fingerprint({"design": d.design.to_dict(), "train": {**self.train, "lr": lr, "seed": seed},
-                            "task": self.spec["task"], "model": self.study.model, "data": data.fingerprint,
+                            "task": self.spec["task"], "model": self.model_sha, "data": data.fingerprint,
                             "code_epochs": epochs, "smoke": self.smoke})
 
     def done(self, rows: list[dict[str, Any]], data: splits.TierData) -> dict[str, dict[str, Any]]:
@@ -106,10 +121,18 @@ def job_spec(tier: Tier, job: protocol.Job, data: splits.TierData, work: Path) -
             "final_cap": SMOKE_FINAL_ROWS if tier.smoke else None,
             "run_dir": str(work / "runs" / tier.name / tier.fingerprint(job.design_id, job.lr, job.seed, data)),
             "fingerprint": tier.fingerprint(job.design_id, job.lr, job.seed, data), "data": data.fingerprint,
-            "data_rows": data.rows, "code": code_version()}
+            "data_rows": data.rows, "code": code_version(), "model_sha": tier.model_sha}
 
 
 def _init_worker(threads: int) -> None:
+    """A worker dies with its runner (SIGTERM, kill -9 alike): orphans would train runs that nobody records."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the runner died before the line above
+            os._exit(1)
     import torch
 
     torch.set_num_threads(threads)
@@ -127,23 +150,27 @@ def _describe(row: dict[str, Any]) -> str:
 
 
 def run_tier(tier: Tier, table: Path, data: splits.TierData, work: Path, workers: int, threads: int,
-             max_jobs: int | None) -> int:
-    """Train what the plan says until it is empty; returns the number of runs that raised (not failed runs)."""
+             max_jobs: int | None, deadline_s: float | None = None) -> int:
+    """Train what the plan says until it is empty (or, past the deadline, until the runs in flight end); returns the
+    number of runs that raised (a failed run is a result, not an error)."""
     from benchmarks.study.worker import execute
 
-    started, errors, running = 0, {}, {}
+    started, errors, running, t0 = 0, {}, {}, time.monotonic()
     ctx = multiprocessing.get_context("spawn")
     with exclusive(table), cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                                   initargs=(threads,)) as pool:
         while True:
             todo = [j for j in protocol.plan(tier.grid, tier.seeds, tier.done(read_rows(table), data))
                     if j.key not in running.values() and j.key not in errors]
-            while todo and len(running) < workers and (max_jobs is None or started < max_jobs):
+            late = deadline_s is not None and time.monotonic() - t0 > deadline_s
+            while todo and not late and len(running) < workers and (max_jobs is None or started < max_jobs):
                 job = todo.pop(0)
                 running[pool.submit(execute, job_spec(tier, job, data, work))] = job.key
                 started += 1
                 _log(f"start {job.key} ({job.role}); {len(todo)} more planned now")
             if not running:
+                if late and todo:
+                    _log(f"deadline of {deadline_s:g} s passed: {len(todo)} planned runs left for the next start")
                 break
             finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             for fut in finished:
@@ -180,7 +207,8 @@ def status(tier: Tier, table: Path, data: splits.TierData) -> str:
         finals = [r["final"]["score"] for r in runs]
         agg = "" if not finals else f"final {statistics.fmean(finals):.4f}" + (
             f" ± {statistics.stdev(finals):.4f}" if len(finals) > 1 else "") + f" (n={len(finals)})"
-        lines.append(f"  {did:22s} {' '.join(grid):40s} kept {best if best is None else f'{best:g}':>7} {agg}")
+        kept_lr = "-" if best is None else f"{best:g}"
+        lines.append(f"  {did:22s} {' '.join(grid):40s} kept {kept_lr:>7} {agg}")
     wall = sum(r.get("wall_s", 0) for r in done.values())
     cpu = sum(r.get("cpu_s", 0) for r in done.values())
     lines.append(f"  total over current rows: {wall / 3600:.2f} h of run wall time, {cpu / 3600:.2f} CPU-hours")
@@ -201,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nice", type=int, default=15, help="raise the runner's niceness to this (default 15)")
     p.add_argument("--designs", default=None, help="comma-separated design ids: run only these")
     p.add_argument("--max-jobs", type=int, default=None, help="start at most this many runs, then stop")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="start no run after this many seconds; the runs in flight finish (a lent GPU's time limit)")
+    p.add_argument("--model", default=None,
+                   help="checkpoint folder to use instead of the study's model (a copy of MiniLM on a GPU machine)")
     p.add_argument("--smoke", action="store_true", help="4 steps per run, 64 final rows, 2 seeds; needs --table")
     p.add_argument("--status", action="store_true", help="print what the table holds and exit")
     p.add_argument("--dry-run", action="store_true", help="print the runs still to do and exit")
@@ -219,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     table = args.table or REPO / spec["table"]
     try:
-        tier = Tier(args.tier, spec, args.smoke, args.designs.split(",") if args.designs else None)
+        tier = Tier(args.tier, spec, args.smoke, args.designs.split(",") if args.designs else None, args.model)
         data = splits.prepare(spec, args.data_root, args.work)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.status or args.dry_run:
@@ -237,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)  # the spawned workers inherit it before torch loads
     _log(f"tier {tier.name}: {len(tier.grid)} designs, seeds {tier.seeds}, {args.workers} workers x "
-         f"{args.threads} threads, table {table}, data {data.train_dir} ({data.rows}), {platform.node()}")
-    return 1 if run_tier(tier, table, data, args.work, args.workers, args.threads, args.max_jobs) else 0
+         f"{args.threads} threads, table {table}, data {data.train_dir} ({data.rows}), model {tier.model} "
+         f"(sha256 {tier.model_sha[:12]}), {platform.node()}")
+    return 1 if run_tier(tier, table, data, args.work, args.workers, args.threads, args.max_jobs,
+                         args.deadline_s) else 0
 
 
 def _cuda() -> bool:

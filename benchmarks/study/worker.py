@@ -95,7 +95,7 @@ def _row(spec: dict[str, Any], rep: CurveReporter, steps: list[float]) -> dict[s
         "design_id": spec["job"]["design_id"], "lr": spec["job"]["lr"], "seed": spec["job"]["seed"],
         "role": spec["job"]["role"], **spec["meta"], "design": spec["design"],
         "train": {k: v for k, v in spec["settings"].items() if k not in ("data_dir", "out_dir")},
-        "data": spec["data"], "data_rows": spec["data_rows"], "code": spec["code"],
+        "data": spec["data"], "data_rows": spec["data_rows"], "code": spec["code"], "model_sha": spec["model_sha"],
         "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "attempts": rep.attempts,
         "train_s_per_step": round(statistics.fmean(gaps), 4) if gaps else None,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
