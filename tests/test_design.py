@@ -56,7 +56,8 @@ RELU = dict(form=Form.RELU, size=8)
         (dict(prompt_length=-1), r"prompt.length must be an integer >= 0, got -1"),
         (dict(ffn=SiteSpec(**RELU), backbone=Backbone.FULL),
          r"backbone=full trains every weight, .*got sites \['ffn'\] and prompt.length=0; drop them"),
-        (dict(), r"a design must modify something, got no site, prompt.length=0 and backbone=frozen"),
+        (dict(train_task_head=False),
+         r"a design must train something, got no site, prompt.length=0, backbone=frozen and train_task_head=false"),
     ],
 )
 def test_invalid_design_raises_pinned_message(kwargs: dict, message: str) -> None:

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from trainables import loop
+from trainables.batching import SentenceBatches
 from trainables.checkpoint import load_trained, read_design
 from trainables.config import TrainConfig
 from trainables.data import word_tokenizer
@@ -236,3 +238,50 @@ def test_the_final_checkpoint_is_written_before_the_last_report(tmp_path: Path) 
         train(PA, TrainConfig.for_task("toy-cls", max_steps=6, eval_every=3, out_dir=str(tmp_path / "t"), **FAST),
               StopAtLast())
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["design.json", "petl.safetensors"]
+
+
+def test_length_grouped_batches_pad_to_their_own_length() -> None:
+    torch.manual_seed(0)
+    lengths = (3 + torch.distributions.Geometric(0.1).sample((3200,)).clamp(max=60)).int().tolist()  # SST-2-like
+    n, size = len(lengths), 32
+    grouped, plain = SentenceBatches(n, size, 5, lengths), SentenceBatches(n, size, 5)
+    epoch = [grouped.rows(k) for k in range(n // size)]
+    assert sorted(i for b in epoch for i in b) == list(range(n))  # each row once per epoch
+    assert [i for b in epoch for i in b] == get_length_grouped_indices(lengths, size,
+                                                                       generator=torch.Generator().manual_seed(5))
+    padded = lambda order: sum(size * max(lengths[i] for i in order.rows(k)) for k in range(n // size))  # noqa: E731
+    assert padded(grouped) < 0.6 * padded(plain)
+    assert grouped.rows(n // size) != epoch[0]  # the next epoch is grouped again from a new permutation
+    # Two ranks split one global batch of 2 x size rows, grouped as one
+    both = grouped.rows(0, 0, 2) + grouped.rows(0, 1, 2)
+    assert len(both) == 2 * size and sorted(both) == sorted(SentenceBatches(n, 2 * size, 5, lengths).rows(0))
+    with pytest.raises(ValueError, match=r"lengths must give one length per training row \(10\), got 3"):
+        SentenceBatches(10, 2, 0, [1, 2, 3])
+
+
+def test_group_by_length_groups_the_loop_s_training_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers.trainer_pt_utils as pt_utils
+
+    seen = []
+    real = pt_utils.get_length_grouped_indices
+
+    def spy(lengths, size, generator=None):
+        seen.append((len(lengths), size))
+        return real(lengths, size, generator=generator)
+
+    monkeypatch.setattr(pt_utils, "get_length_grouped_indices", spy)
+    train(PA, TrainConfig.for_task("toy-cls", max_steps=3, eval_every=3, group_by_length=True, **FAST))
+    assert seen == [(2048, FAST["batch_size"])]  # toy-cls has 2,048 training rows; one epoch ordered once
+
+
+def test_a_design_with_no_site_trains_the_classification_head_alone() -> None:
+    head = DesignPoint()  # frozen backbone, no site, no prompt: a linear probe, the control PETL must beat
+    res = train(head, TrainConfig.for_task("toy-cls", max_steps=2, eval_every=2, **FAST))
+    trainable = {n: p.numel() for n, p in res.model.named_parameters() if p.requires_grad}
+    assert sorted(trainable) == ["classifier.dense.bias", "classifier.dense.weight", "classifier.out_proj.bias",
+                                 "classifier.out_proj.weight"]
+    # tiny RoBERTa head, d=32, 2 labels: dense 32·32 + 32, out_proj 32·2 + 2
+    assert sum(trainable.values()) == res.counts.trainable == 32 * 32 + 32 + 32 * 2 + 2
+    assert (res.counts.stored, res.counts.fraction, head.describe()) == (0, 0.0, "task head only")
+    with pytest.raises(ValueError, match=r"trains only a classification head, but task 'toy-s2s' is seq2seq"):
+        train(head, TrainConfig.for_task("toy-s2s", max_steps=1, **FAST))

@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int
     # Settings no recipe sets
     train_limit: int | None = None  # read at most N training examples (cheap fidelities)
+    group_by_length: bool = False  # batch rows of similar length together (less padding; batching.SentenceBatches)
     num_beams: int | None = None  # None: the task's; lower it for cheap evaluations
     engine: str = "auto"  # auto: DeepSpeed on GPU, plain PyTorch on CPU
     zero_stage: int = 0

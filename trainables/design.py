@@ -181,7 +181,8 @@ class DesignPoint:
 
     `prompt_length` > 0 prepends that many trainable input vectors (prompt tuning). `backbone` picks which pretrained
     weights train. `train_task_head` trains a classification head (the official code left it random and frozen,
-    a defect); it is counted apart from the PETL parameters.
+    a defect); it is counted apart from the PETL parameters. A design with no site, no prompt and a frozen backbone
+    trains the task head alone (a linear probe, stored fraction 0): the control every PETL design must beat.
     """
 
     head_attn: SiteSpec | None = None
@@ -207,11 +208,15 @@ class DesignPoint:
                 f"sites {sorted(r.value for r in self.sites())} and prompt.length={self.prompt_length}; "
                 "drop them or set backbone: frozen"
             )
-        if not modifies and self.backbone is Backbone.FROZEN:
+        if not modifies and self.backbone is Backbone.FROZEN and not self.train_task_head:
             raise ValueError(
-                "a design must modify something, got no site, prompt.length=0 and backbone=frozen; set a site, "
-                "prompt.length, or backbone: bias (BitFit) / full"
+                "a design must train something, got no site, prompt.length=0, backbone=frozen and "
+                "train_task_head=false; set a site, prompt.length, backbone: bias (BitFit) / full, or train_task_head"
             )
+
+    def head_only(self) -> bool:
+        """Nothing but the task head trains (a linear probe of the frozen backbone: the floor PETL must beat)."""
+        return not self.sites() and self.prompt_length == 0 and self.backbone is Backbone.FROZEN
 
     def sites(self) -> dict[Representation, SiteSpec]:
         return {rep: spec for rep in SITES if (spec := getattr(self, rep.value)) is not None}
@@ -304,7 +309,7 @@ class DesignPoint:
             lines.append(f"backbone: {self.backbone.value}")
         if not self.train_task_head:
             lines.append("task head: frozen")
-        return "\n".join(lines)
+        return "\n".join(lines) or "task head only"
 
     def family(self) -> str:
         """The paper's name for this kind of design (prefix, MH PA, LoRA, SA, PA, scaled PA, MAM, BitFit, prompt

@@ -79,7 +79,8 @@ def prepare_data(task: Any, tokenizer: Any, cfg: TrainConfig) -> Data:
     pad = tokenizer.pad_token_id
     train_items, eval_items = enc(train_ex), enc(eval_ex)
     if cfg.max_tokens is None:
-        batches: SentenceBatches | TokenBatches = SentenceBatches(len(train_items), cfg.batch_size, cfg.seed)
+        lengths = item_lengths(train_items) if cfg.group_by_length else None
+        batches: SentenceBatches | TokenBatches = SentenceBatches(len(train_items), cfg.batch_size, cfg.seed, lengths)
         eval_batches = [list(range(i, min(i + cfg.batch_size, len(eval_items))))
                         for i in range(0, len(eval_items), cfg.batch_size)]
     else:

@@ -92,6 +92,11 @@ def check_fit(task: Task, config: PretrainedConfig, design: DesignPoint, max_len
             f"prompt tuning needs an encoder input to extend; model type {config.model_type!r} is decoder-only, got "
             f"prompt.length={design.prompt_length}; use head_attn with form softmax (prefix tuning) instead"
         )
+    if design.head_only() and task.kind != "classification":
+        raise ValueError(
+            f"a design with no site, no prompt and a frozen backbone trains only a classification head, but task "
+            f"{task.name!r} is {task.kind} and has none; add a site, a prompt or backbone: bias / full"
+        )
     want = {"classification": "classification", "seq2seq": "seq2seq"}[task.kind]
     if want == "seq2seq" and family.default_task != "seq2seq":
         raise ValueError(
