@@ -9,7 +9,7 @@ order, so a plan can price a search before any GPU hour. Counted: matrix product
   counted as the dense product a masked kernel executes, an upper bound by about half of those two products for
   kernels that skip masked blocks), the LM head on every target token or the classification head per row, and the
   design's own products: adapters (d·r down, r·d up) and LoRA factors (r·d_in, r·d_out) on every token where they
-  sit, the prefix reparametrisation MLP once per micro-batch.
+  sit, the prefix reparametrisation MLP once per micro-batch and attention module.
 - input gradients: for a product Y = X·W, dX costs as much as the forward, and is computed only when X depends on a
   trainable parameter. Walking forward, that is false until the first trainable module: below it (the embeddings,
   and e.g. the whole first attention block of an FFN-only design) autograd computes no input gradient, and we count
@@ -186,13 +186,16 @@ class _Walk:
 
 
 def _prefix_mlp(design: DesignPoint, config: PretrainedConfig) -> Flops:
-    """The prefix reparametrisation MLP: once per micro-batch and attention module kind (not per row); its input is
-    the trainable prefix embedding, so both products need input and weight gradients."""
+    """The prefix reparametrisation MLP: once per micro-batch and attention module (not per row). Each module runs the
+    shared embedding → Linear(d, mlp) → tanh on its own and then its own row block of the last Linear
+    (`trainables.petl.prefix.PrefixKV`: per-module graphs for gradient checkpointing and ZeRO-3), so the first
+    product is executed n times per kind. Its input is the trainable prefix embedding, so both products need input and
+    weight gradients."""
     spec = design.head_attn
     if spec is None or not spec.prefix_mlp:
         return Flops(0.0, 0.0, 0.0)
     macs = 0.0
     for sm in family_of(config).stacks:
         dm, n = dims(config, sm), int(sm.n_layers(config))
-        macs += len(sm.attn) * spec.size * (dm.d * spec.prefix_mlp + spec.prefix_mlp * n * 2 * dm.kv_dim)
+        macs += len(sm.attn) * n * spec.size * (dm.d * spec.prefix_mlp + spec.prefix_mlp * 2 * dm.kv_dim)
     return Flops(2.0 * macs, 2.0 * macs, 2.0 * macs)
