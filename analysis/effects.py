@@ -146,8 +146,9 @@ def pooled_comparison(designs: list[Design], axis: str, a: str, b: str, conclusi
             if v in where:
                 where[v].add("+".join(sites))
     if not where[a] or not where[b]:
-        why = f"{(b if where[a] else a)} never occurs in this search" if where[a] or where[b] else \
-            f"neither {a} nor {b} occurs in this search"
+        # `designs` are the full-fidelity runs: an early-stopped or failed run of a choice does not count
+        why = f"{(b if where[a] else a)} never occurs at full fidelity in this search" if where[a] or where[b] else \
+            f"neither {a} nor {b} occurs at full fidelity in this search"
     elif not where[a] & where[b]:
         why = (f"{a} only at {', '.join(sorted(where[a]))} and {b} only at {', '.join(sorted(where[b]))}: never at "
                "the same site")

@@ -116,7 +116,7 @@ def effects_sections(effects: pd.DataFrame, ref: Reference) -> list[str]:
              f"seeds; a verdict needs {MIN_PAIRS}+ pairs or 2+ seeds per design. Runs at or below "
              f"{collapse_threshold(ref, COLLAPSE_MARGIN):.4g} (the reference plus {COLLAPSE_MARGIN:.0%}) collapsed "
              f"and are left out: {attrs.get('collapsed_runs', 0)} run(s); {attrs.get('dropped_designs', 0)} "
-             f"design(s) had no other run. {attrs.get('designs', '?')} designs compared. Full table: effects.csv."]
+             f"design(s) had no other run. Designs compared: {attrs.get('designs', '?')}. Full table: effects.csv."]
     named = effects[effects["conclusion"] != ""]
     out = ["", "## The paper's conclusions, like for like", ""] + basis + [""]
     out += md_table(["conclusion", "a", "b", "where", "diff", "95% CI", "pairs", "verdict"], [

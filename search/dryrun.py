@@ -25,10 +25,18 @@ from trainables.plan import cost_lines, run_lines, run_plan
 RANDOM_DRAWS = 6
 
 
+STUDY_PRICED = 12  # a study's configs priced in the plan (the first ones; every one trains)
+
+
 def costed_designs(p: SearchPlan) -> list[tuple[str, DesignPoint]]:
-    """The space's presets, then (for a space with sites) RANDOM_DRAWS designs drawn at random from it."""
+    """A study's own designs (a grid or a re-evaluated front: the first STUDY_PRICED distinct ones); otherwise the
+    space's presets, then (for a space with sites) RANDOM_DRAWS examples of what the sampler draws."""
     from trainables.presets import get_preset
 
+    if p.study is not None:
+        designs = {json.dumps(c["design"], sort_keys=True): c for c in p.study}
+        return [(c.get("preset") or f"study design {k + 1}", DesignPoint.from_dict(c["design"]))
+                for k, c in enumerate(list(designs.values())[:STUDY_PRICED])]
     out = [(name, get_preset(name).design) for name in p.space.presets]
     if p.space.preset_only:
         return out
@@ -38,7 +46,7 @@ def costed_designs(p: SearchPlan) -> list[tuple[str, DesignPoint]]:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for k in range(RANDOM_DRAWS):
         design, _, _ = p.space.sample(study.ask())
-        out.append((f"random draw {k + 1}", design))
+        out.append((f"example draw {k + 1}", design))  # priced to estimate cost; the sampler draws its own
     return out
 
 
@@ -74,7 +82,9 @@ def search_plan(p: SearchPlan, gpu: GpuModel) -> dict[str, Any]:
         name=p.name, space={"path": p.space.path, "description": p.space.description,
                             "sites": [r.value for r in p.space.sites], "sampled_train": {
                                 k: _dim_words(d) for k, d in p.space.train.items()}},
-        trials=p.num_samples, presets=list(p.space.presets), rungs=list(s.rungs),
+        trials=p.num_samples, presets=[] if p.study is not None else list(p.space.presets), rungs=list(s.rungs),
+        study=None if p.study is None else {"configs": len(p.study), "seeds": list(p.seeds),
+                                            "seeds_at_best_lr": p.best_lr},
         scheduler={"kind": s.kind, "grace_period": s.grace_period, "reduction_factor": s.reduction_factor,
                    "max_t": s.max_t, "rungs": list(s.rungs), "bands_per_decade": s.bands_per_decade},
         resources={"cpus_per_trial": t.cpus_per_trial, "gpus_per_trial": t.gpus_per_trial,
@@ -91,14 +101,23 @@ def _dim_words(d: Any) -> str:
     return f"one of {list(d.values)}"
 
 
+def _trial_line(plan: dict[str, Any]) -> str:
+    if plan.get("study"):
+        st = plan["study"]
+        return (f"trials    {plan['trials']}: a study of {st['configs']} fixed configs under seeds {st['seeds']}"
+                + (" (other seeds at each design's best lr)" if st["seeds_at_best_lr"] else "")
+                + "; no sampler, every config to full fidelity")
+    return (f"trials    {plan['trials']}, presets first: {', '.join(plan['presets']) or 'none'}; sampler "
+            f"{plan['sampler']['kind']} (seed {plan['sampler']['seed']})")
+
+
 def search_lines(plan: dict[str, Any]) -> list[str]:
     sc, r, c = plan["scheduler"], plan["resources"], plan["cost"]["search"]
     sampled = ", ".join(f"{k} {v}" for k, v in plan["space"]["sampled_train"].items()) or "none"
     rungs = ", ".join(f"{x:,}" for x in sc["rungs"]) or "none (no trial is stopped early)"
     lines = [f"space     {plan['space']['path']}: sites {plan['space']['sites'] or 'none (presets only)'}; "
              f"sampled training settings: {sampled}",
-             f"trials    {plan['trials']}, presets first: {', '.join(plan['presets']) or 'none'}; sampler "
-             f"{plan['sampler']['kind']} (seed {plan['sampler']['seed']})",
+             _trial_line(plan),
              f"scheduler {sc['kind']}: grace period {sc['grace_period']:,} steps, reduction factor "
              f"{sc['reduction_factor']:g}, rungs decide at steps {rungs}; max_t {sc['max_t']:,}",
              f"resources {r['cpus_per_trial']:g} CPU, {r['gpus_per_trial']:g} GPU, {r['workers_per_trial']} "

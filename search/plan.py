@@ -157,7 +157,7 @@ def plan(args: argparse.Namespace) -> SearchPlan:
         sampler(BranchWalker([]))  # prices one design now: the model family must fit, and the meta statistics build
         seeds = replicate_seeds(args.seeds, run.train.seed)
         study = study_configs(args, space, sampler)
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # OSError: a missing or unreadable data file, named in its message
         raise SearchError(str(err)) from None
     best_lr = bool(getattr(args, "seeds_at_best_lr", False))
     # Ray trials in all: designs x replicate seeds (a study: what it lists)

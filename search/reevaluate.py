@@ -3,7 +3,9 @@
 A front found cheaply (one seed, short training, a small task) is checked where it matters: every Pareto-optimal
 design of the source search (its mean over seeds decides the front), with the training settings it was found with
 (its `train.*` params, e.g. its lr), is trained again under `--seeds` replicate seeds to full fidelity, as a study
-recorded like any search (a new MLflow parent run with its children and report; `--resume` continues it).
+recorded like any search (a new MLflow parent run with its children and report; `--resume` continues it). The seeds
+are fresh ones, after the highest seed the source search trained (the same seeds on the same task would only
+reproduce its numbers); `--set seed=N` chooses the first one instead.
 
 Every option after the source ones is the search's own (`python search/run.py --help`): `--dataset`, `--model` and
 `--data-dir` choose where to check the front; `--set` changes the fixed training settings. Those come from the source
@@ -81,8 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: search {df.attrs['parent_run_id']!r} has no full-fidelity design, so no front to re-evaluate")
         return 2
     args.name = args.name or f"{df.attrs.get('experiment', 'search')}-front"
+    used = sorted({int(s) for s in pd.to_numeric(df["seed"], errors="coerce").dropna()})
+    chosen = any(item.split("=", 1)[0].strip() in ("seed", "train.seed") for item in args.set)
+    if used and not chosen:
+        args.set = [*args.set, f"seed={used[-1] + 1}"]
+    first = next((item.split("=", 1)[1].strip() for item in args.set
+                  if item.split("=", 1)[0].strip() in ("seed", "train.seed")), None)
     print(f"re-evaluating the {len(args.front)} Pareto-optimal designs of run {df.attrs['parent_run_id']} under "
-          f"{args.seeds} seed(s)")
+          f"{args.seeds} seed(s)" + (f" from seed {first}" if first is not None else "")
+          + (f" (the source search trained seeds {used})" if used else ""))
     with tempfile.TemporaryDirectory() as tmp:
         if "--space" not in rest and not any(a.startswith("--space=") for a in rest):
             space = Path(client.download_artifacts(df.attrs["parent_run_id"], "space.yaml", tmp))

@@ -151,7 +151,7 @@ def test_rows_that_compare_nothing_say_why() -> None:
     gated = row(eff, axis="composition", site="all", a="gated", b="scaled")
     assert gated["verdict"] == ("not testable: gated only at head_attn and scaled only at ffn: never at the same "
                                 "site") and gated["n_pairs"] == 0
-    assert row(eff, conclusion="scaled > plain addition")["verdict"] == "not testable: add never occurs in this search"
+    assert row(eff, conclusion="scaled > plain addition")["verdict"] == "not testable: add never occurs at full fidelity in this search"
     ffn_attn = row(eff, conclusion="FFN > attention at larger budgets")
     assert ffn_attn["verdict"].startswith("not testable: no design with the module at FFN has a counterpart")
 

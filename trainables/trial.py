@@ -67,7 +67,7 @@ def dry_run(name: str, design: DesignPoint, run: RunConfig, args: argparse.Names
     from trainables.plan import cost_lines, run_lines, run_plan
 
     config = config_for(run.task, run.train.model)
-    check_fit(run.task, config, design)
+    check_fit(run.task, config, design, run.train.max_length, run.train.max_target_length)
     counts = count_params(design, config, run.task.kind)
     plan = run_plan(run, [(name, design)], config, GpuModel.named(args.gpu, args.utilization))
     plan.update(rungs=[], trials=1, design={"name": name, "spec": design.to_dict(), "fraction": counts.fraction,
