@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -89,14 +90,21 @@ def test_a_small_search_lands_in_mlflow_as_parent_and_children(tmp_path: Path,
     assert "Pareto-optimal designs" in out and "mlflow ui --backend-store-uri" in out
 
 
-def test_failing_trials_are_recorded_as_failed_and_the_search_finishes(tmp_path: Path) -> None:
-    # lr 1e12 makes the loss explode within 3 steps (a TrialFailure); a token budget of 1 makes the trial raise when it
-    # builds its batches (a crash; a value the plan cannot reject, as it depends on the token lengths). With seed 2
-    # the sampler draws max_tokens [None, 1, 1, None]: two of each kind.
+def test_a_search_whose_every_trial_failed_exits_3_and_a_deterministic_error_is_not_retried(tmp_path: Path) -> None:
+    # lr 1e12 makes the loss explode within 3 steps (a TrialFailure); a token budget of 1 makes the trial raise a
+    # ValueError when it builds its batches (a value the plan cannot reject, as it depends on the token lengths: it
+    # will raise again on every retry). With seed 2 the sampler draws max_tokens [None, 1, 1, None]: two of each.
+    # Before (issue 12 item 9): exit 0, parent FINISHED, and the ValueError trials retried --max-failures times.
     space = write_space(tmp_path, {"lr": 1.0e12, "max_tokens": [None, 1]})
     code, client, parent_id = run(tmp_path, space, "--num-samples", "4", "--name", "failing", "--scheduler",
-                                  "none", "--max-failures", "0", "--seed", "2")
-    assert code == 0 and client.get_run(parent_id).info.status == "FINISHED"
+                                  "none", "--max-failures", "3", "--seed", "2")
+    assert code == 3
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FAILED" and parent.data.tags["petl.search_state"] == "no_trial_finished"
+    status = json.loads((tmp_path / "runs" / "failing" / "status.json").read_text())
+    assert (status["state"], status["exit_code"], status["counts"]["failed"]) == ("no_trial_finished", 3, 4)
+    # Not retried: Ray never saw an error (it writes error.txt per failed attempt); each trial ran once.
+    assert not list((tmp_path / "runs" / "failing").glob("*/error.txt"))
     runs = children(client, parent_id)
     assert len(runs) == 4
     for r in runs:
