@@ -60,6 +60,10 @@ class Outcome:
         return sum(self.counts.values())
 
     def state(self, interrupted: bool, cluster_lost: bool, queued: bool) -> str:
+        # After a stop signal Ray reports the trials it paused as terminated, so a "stopped" one may be paused: the
+        # search counts as interrupted unless every trial ended unambiguously (finished, failed, skipped).
+        if interrupted and (self.unfinished or self.not_started or self.counts.get("stopped")):
+            return "interrupted"
         if self.unfinished or self.not_started:
             return "interrupted" if interrupted else "cluster_lost" if cluster_lost else "incomplete"
         if queued:

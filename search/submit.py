@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--working-dir", default=None, help="code folder Ray copies to the cluster (default: this "
                    "checkout; none when petl-search is installed there)")
     j.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the job")
+    j.add_argument("--python", default="python", help="the Python of the cluster's nodes that has petl-search's "
+                   "dependencies (default: python on the head's PATH)")
     j.add_argument("--follow", action="store_true", help="stream the job's logs; exit with the search's code")
     j.add_argument("--dry-run", action="store_true", help="print what would be submitted, submit nothing")
     sub.add_parser("run", help="(what the jobs run) start the search, or resume it when its state exists")

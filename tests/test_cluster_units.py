@@ -226,6 +226,10 @@ def test_the_state_of_a_search_from_its_trials() -> None:
     assert o.state(interrupted=True, cluster_lost=True, queued=True) == "interrupted"
     assert o.state(interrupted=False, cluster_lost=True, queued=False) == "cluster_lost"
     assert o.state(interrupted=False, cluster_lost=False, queued=False) == "incomplete"
+    o = O.tally(*grid(done, paused, terminated=2, errors=0), requested=2, max_steps=10)  # Ray after a signal
+    assert o.state(interrupted=True, cluster_lost=False, queued=False) == "interrupted"
+    o = O.tally(*grid(done, failed, terminated=2, errors=0), requested=2, max_steps=10)  # a signal after the end
+    assert o.state(interrupted=True, cluster_lost=False, queued=False) == "complete"
 
 
 def test_status_json_is_written_whole(tmp_path: Path) -> None:
