@@ -34,9 +34,13 @@ def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | No
     deadline = time.time() + timeout_s
     while not predicate():
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the driver ended (exit {proc.returncode}) before {what}")
+            raise AssertionError(f"the driver ended (exit {proc.returncode}) before {what}: "
+                                 f"{proc.stdout.read()[-3000:] if proc.stdout else ''}")
         if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            if proc is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"timed out waiting for {what}: "
+                                 f"{proc.stdout.read()[-3000:] if proc and proc.stdout else ''}")
         time.sleep(0.2)
 
 
@@ -67,7 +71,7 @@ def cluster():
 
 
 def test_trials_run_on_both_nodes_and_a_killed_worker_node_loses_no_evaluation(tmp_path: Path, cluster) -> None:
-    space = write_space(tmp_path, {"lr": 3.0e-3, "max_steps": 20, "eval_every": 5})
+    space = write_space(tmp_path, {"lr": 3.0e-3, "max_steps": 60, "eval_every": 15})
     cmd, env = driver(tmp_path, space, "multi", "--address", cluster.address, "--num-samples", "2",
                       "--concurrency", "2", "--max-failures", "2", "--rerun-duplicates")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -88,7 +92,7 @@ def test_trials_run_on_both_nodes_and_a_killed_worker_node_loses_no_evaluation(t
     assert sorted(r.data.tags["petl.status"] for r in runs) == ["finished", "finished"]
     # Every evaluation step present exactly once, also for the trial whose node died (retried on the head from its
     # last resume point: Ray recorded its failure).
-    assert list(steps_of(client, parent_id).values()) == [[5, 10, 15, 20]] * 2
+    assert list(steps_of(client, parent_id).values()) == [[15, 30, 45, 60]] * 2
     assert len(list((tmp_path / "runs" / "multi").glob("*/error.txt"))) == 1, out[-3000:]
     assert json.loads((tmp_path / "runs" / "multi" / "status.json").read_text())["state"] == "complete"
 
