@@ -52,9 +52,9 @@ def check_address(address: str | None) -> None:
         return
     scheme, host, port = parts
     if scheme == "client":
-        try:
-            import ray.util.client.ray_client_helpers  # noqa: F401 - what ray://  needs: grpcio (ray[client])
+        try:  # what ray:// needs beyond the base install: grpcio (ray[client])
             import grpc  # noqa: F401
+            import ray.util.client.ray_client_helpers  # noqa: F401
         except ImportError:
             raise SearchError(f"--address {address!r} uses Ray Client, which needs `pip install "
                               "'petl-search[cluster]'` (ray[client]); or pass the head's GCS address host:port "

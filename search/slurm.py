@@ -154,7 +154,7 @@ def ray_node(head: bool, head_address: str | None, first_index: int = 0) -> int:
     cmd += ["--head", f"--port={base}", f"--ray-client-server-port={base + 1}", "--include-dashboard=false"] \
         if head else [f"--address={head_address}"]
     proc = subprocess.Popen(cmd)
-    stop = lambda signum, frame: proc.send_signal(signal.SIGTERM)  # noqa: E731 - ray start --block ends its node
+    stop = lambda signum, frame: proc.send_signal(signal.SIGTERM)  # `ray start --block` then ends its node
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     code = proc.wait()

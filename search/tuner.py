@@ -6,7 +6,6 @@ from typing import Any
 
 from search.scheduler import make_scheduler
 
-
 # A multi-worker trial's own Tune process only launches Ray Train's workers (which reserve the CPUs and GPUs): it
 # holds 1 byte of memory and no CPU, so N workers of 1 CPU fit on N 1-CPU nodes (with 0.01 CPU it left 0.99 on its
 # node and the trial waited forever for a placement group). Tune refuses an empty request, hence the byte.

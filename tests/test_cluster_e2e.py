@@ -55,13 +55,14 @@ def steps_of(client: MlflowClient, parent_id: str) -> dict[str, list[int]]:
 
 @pytest.fixture
 def cluster():
-    """Two 1-CPU Ray nodes on 127.0.0.1 in a private temp dir; every node's processes ended at the end."""
+    """Two 1-CPU Ray nodes on this machine in a private temp dir; every node's processes ended at the end. Not bound
+    to 127.0.0.1: Ray rewrites a loopback address to the host's own IP when a driver connects, so a GCS listening on
+    loopback only is never reached."""
     from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix="petl-rc-", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
-                                                      "temp_dir": temp, "include_dashboard": False})
-    c.add_node(num_cpus=1, node_ip_address="127.0.0.1", temp_dir=temp)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp, "include_dashboard": False})
+    c.add_node(num_cpus=1, temp_dir=temp)
     c.wait_for_nodes()
     try:
         yield c
@@ -156,7 +157,7 @@ def test_a_ray_job_submitted_to_a_local_head_completes_and_its_results_outlive_t
     gcs, dash, client_port = free_port(), free_port(), free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--disable-usage-stats", f"--temp-dir={temp}",
-                             "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=2",
+                             f"--port={gcs}", "--num-cpus=2",
                              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                              f"--ray-client-server-port={client_port}",
                              f"--dashboard-agent-listen-port={free_port()}"],

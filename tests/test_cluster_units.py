@@ -20,7 +20,8 @@ from search import outcome as O
 from search.cluster import Bundle, check_address, check_placement, split_address
 from search.plan import SearchError
 from search.slurm import base_port, ports, render
-from search.submit import check_batch_args, main as submit_main
+from search.submit import check_batch_args
+from search.submit import main as submit_main
 from search.trial import deterministic, failure_reason
 from trainables.report import TrialFailure
 
