@@ -13,7 +13,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from search.plan import SearchError
+
+
+def SearchError(message: str) -> Exception:  # noqa: N802 - stands for the class, built only when raised
+    """search.plan.SearchError (what the CLI prints as one line); imported late so the in-job helpers
+    (`petl-submit wait-nodes`, ...) start in a fraction of a second instead of importing the whole planner."""
+    from search.plan import SearchError as Error
+
+    return Error(message)
 
 CONNECT_TIMEOUT_S = 5.0
 CLIENT_PORT = 10001  # Ray Client's default port (`ray://host` without one)

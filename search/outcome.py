@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.searcher import outcome
 
 # ---- the exit codes: one table, printed in --help and docs/cluster.md --------------------------------------------
 COMPLETE, BAD_INPUT, NO_TRIAL_FINISHED, INCOMPLETE, CLUSTER_LOST, TRACKING_QUEUED, INTERRUPTED = (
@@ -74,6 +73,8 @@ class Outcome:
 def tally(results: Iterable[Any], num_terminated: int, num_errors: int, requested: int, max_steps: int) -> Outcome:
     """An `Outcome` from a Ray Tune ResultGrid's public parts: its results (metrics, error) and its counts of
     terminated and errored trials (the rest are unfinished)."""
+    from search.searcher import outcome
+
     results = list(results)
     counts = {"finished": 0, "stopped": 0, "failed": 0, "skipped": 0}
     for r in results:

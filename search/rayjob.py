@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from search.plan import SearchError
-from search.submit import check_batch_args, search_args, shell_join
+from search.submit import check_batch_args, search_args, shell_join  # rayjob runs where search.plan is loaded
 
 EXCLUDES = [".git", ".venv", "petl_runs", "mlruns", "*.db", "*.db.lock", "report", "__pycache__", "*.egg-info"]
 

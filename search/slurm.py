@@ -18,8 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from search.plan import SearchError
-from search.submit import check_batch_args, shell_join
+from search.submit import shell_join
 
 PORT_BLOCK = 50  # ports per job: the head's 3, then 10 per node (nodes of one job may share a host, as in tests)
 
@@ -39,6 +38,9 @@ def ports(base: int, node_index: int) -> dict[str, int]:
 
 def render(opts: argparse.Namespace, search: list[str], cwd: Path) -> str:
     """The sbatch script for `petl-submit slurm` options and the search's own (checked) arguments."""
+    from search.plan import SearchError
+    from search.submit import check_batch_args
+
     if opts.nodes < 1 or opts.stop_before < 0:
         raise SearchError(f"--nodes must be >= 1 and --stop-before >= 0, got {opts.nodes} and {opts.stop_before}")
     argv = check_batch_args(search, cwd)
@@ -69,6 +71,7 @@ def render(opts: argparse.Namespace, search: list[str], cwd: Path) -> str:
              "export PETL_RAY_BASE=$(( 20000 + (SLURM_JOB_ID % 800) * 50 ))",
              "mapfile -t NODES < <(scontrol show hostnames \"$SLURM_JOB_NODELIST\")",
              "HEAD=\"$(\"$PY\" -m search.submit node-ip \"${NODES[0]}\"):$PETL_RAY_BASE\"",
+             "[ \"${HEAD%%:*}\" ] || { echo \"error: no address for node ${NODES[0]}\"; exit 5; }",
              "STEPS=()",
              "srun --overlap --nodes=1 --ntasks=1 -w \"${NODES[0]}\" \"$PY\" -m search.submit ray-node --head &",
              "STEPS+=($!)",
@@ -105,6 +108,8 @@ def _storage(argv: list[str]) -> str:
 
 
 def submit_slurm(opts: argparse.Namespace, search: list[str]) -> int:
+    from search.plan import SearchError
+
     script = render(opts, search, Path.cwd())
     if opts.dry_run:
         print(script, end="")

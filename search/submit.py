@@ -24,13 +24,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from search.plan import SearchError
-
 TEMP_ROOTS = ("/tmp/ray", "/dev/shm")  # Ray's session folders and RAM disks: gone with the job or the node
 
 
 def search_args(argv: list[str]) -> argparse.Namespace:
     from search.cli import build_parser
+    from search.plan import SearchError
 
     parser = build_parser()
     parser.exit_on_error = False
@@ -47,6 +46,8 @@ def _inside(path: Path, root: Path) -> bool:
 def check_batch_args(argv: list[str], cwd: Path, working_dir: Path | None = None) -> list[str]:
     """The search's arguments for a batch job, checked; the default tracking store made absolute (a SQLite file in
     `cwd`). Raises SearchError with one line naming the rule, the value and the fix."""
+    from search.plan import SearchError
+
     args = search_args(argv)
     if args.dry_run:
         raise SearchError("--dry-run after `--` plans without submitting: run petl-search --dry-run ... directly")
@@ -148,18 +149,20 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     own, search = split_argv(list(sys.argv[1:] if argv is None else argv))
     opts = build_parser().parse_args(own)
+    if opts.kind in ("wait-nodes", "ray-node", "node-ip"):  # inside a job: light imports, started in ~1 s
+        from search import slurm
+
+        if opts.kind == "node-ip":
+            print(slurm.node_ip(opts.node))
+            return 0
+        if opts.kind == "ray-node":
+            return slurm.ray_node(opts.head, opts.head_address, opts.first_index)
+        return slurm.wait_nodes(opts.address, opts.nodes, opts.timeout)
+    from search.plan import SearchError
+
     try:
         if opts.kind == "run":
             return run(search)
-        if opts.kind in ("wait-nodes", "ray-node", "node-ip"):
-            from search import slurm
-
-            if opts.kind == "node-ip":
-                print(slurm.node_ip(opts.node))
-                return 0
-            if opts.kind == "ray-node":
-                return slurm.ray_node(opts.head, opts.head_address, opts.first_index)
-            return slurm.wait_nodes(opts.address, opts.nodes, opts.timeout)
         if opts.kind == "slurm":
             from search.slurm import submit_slurm
 

@@ -51,7 +51,7 @@ def submit(tmp_path: Path, env: dict, name: str, *search: str) -> str:
     out = subprocess.run([sys.executable, "-m", "search.submit", "slurm", "--nodes", "2", "--node-timeout", "180",
                           "--", "--space", str(space), "--name", name, "--storage", str(tmp_path / "runs"),
                           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--scheduler", "none", *search],
-                         capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=60)
+                         capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout.split("submitted SLURM job ")[1].split(";")[0]
 

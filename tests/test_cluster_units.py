@@ -67,6 +67,7 @@ def test_the_sbatch_script_is_rendered_line_by_line(tmp_path: Path) -> None:
         "export PETL_RAY_BASE=$(( 20000 + (SLURM_JOB_ID % 800) * 50 ))",
         "mapfile -t NODES < <(scontrol show hostnames \"$SLURM_JOB_NODELIST\")",
         "HEAD=\"$(\"$PY\" -m search.submit node-ip \"${NODES[0]}\"):$PETL_RAY_BASE\"",
+        "[ \"${HEAD%%:*}\" ] || { echo \"error: no address for node ${NODES[0]}\"; exit 5; }",
         "STEPS=()",
         "srun --overlap --nodes=1 --ntasks=1 -w \"${NODES[0]}\" \"$PY\" -m search.submit ray-node --head &",
         "STEPS+=($!)",
