@@ -118,10 +118,12 @@ def execute(args: argparse.Namespace) -> int:
     """Run a search from parsed arguments (also `python -m search.reevaluate`'s, with `args.front` set)."""
     for key, value in (("TRANSFORMERS_VERBOSITY", "error"), ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0"),
                        ("TUNE_GLOBAL_CHECKPOINT_S", "1"), ("RAY_DEDUP_LOGS", "1"),
-                       ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1"), ("TUNE_DISABLE_SIGINT_HANDLER", "1")):
+                       ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1"), ("TUNE_DISABLE_SIGINT_HANDLER", "1"),
+                       ("RAY_gcs_rpc_server_reconnect_timeout_s", "600")):
         # Checkpoint the experiment every second (a SIGKILL loses ~nothing); failed and over-budget trials report
         # no score on purpose, which Ray's strict metric check would turn into a crash of the whole search. SIGINT is
-        # search.outcome.StopSignals' (it remembers the signal, then asks Tune to stop cleanly through SIGUSR1).
+        # search.outcome.StopSignals' (it remembers the signal, then asks Tune to stop cleanly through SIGUSR1). A lost
+        # head is search.cluster.watch_cluster's to report (in ~15 s), not Ray's to end the driver with exit 0.
         os.environ.setdefault(key, value)
     if args.address is None:
         private_ray_token()

@@ -125,3 +125,28 @@ def gcs_alive(gcs_address: str | None) -> bool:
         return True
     host, _, port = gcs_address.rpartition(":")
     return reachable(host, int(port), timeout_s=3.0) is None
+
+
+def watch_cluster(gcs_address: str | None, on_lost: Any, every_s: float = 5.0, misses: int = 3) -> Any:
+    """Probe the head every `every_s` seconds from a daemon thread; after `misses` failed probes in a row call
+    `on_lost()` (which records the loss and ends the process). Returns a threading.Event that stops the watch.
+
+    Why a thread: when the head dies, Ray's core worker ends the driver process by itself once its GCS reconnect
+    timeout passes (before: exit 0 about a minute later, the parent left RUNNING), so no code after `tuner.fit()`
+    would run. The CLI sets that timeout (RAY_gcs_rpc_server_reconnect_timeout_s) well above misses x every_s.
+    """
+    import threading
+
+    stop = threading.Event()
+
+    def run() -> None:
+        missed = 0
+        while not stop.wait(every_s):
+            missed = 0 if gcs_alive(gcs_address) else missed + 1
+            if missed >= misses:
+                on_lost()
+                return
+
+    if gcs_address:
+        threading.Thread(target=run, name="petl-cluster-watch", daemon=True).start()
+    return stop

@@ -106,7 +106,7 @@ def open_search(p: SearchPlan, args: argparse.Namespace, client: Any, search_dir
 def run_and_judge(p: SearchPlan, args: argparse.Namespace, client: Any, parent_id: str, callback: Any,
                   gcs: str | None) -> int:
     """Run the search under clean stop signals, then tell how it ended: exit code, parent status, status.json."""
-    from search.cluster import gcs_alive
+    from search.cluster import gcs_alive, watch_cluster
     from search.outcome import STATES, Outcome, StopSignals, describe, outcome_fields, tally, write_status
     from search.tuner import fit
 
@@ -115,6 +115,7 @@ def run_and_judge(p: SearchPlan, args: argparse.Namespace, client: Any, parent_i
              "tracking_uri": p.tracking_uri, "address": p.address or "local", "requested": p.num_samples}
     write_status(search_dir, "running", **where)
     signals, result = StopSignals(), None
+    watch = watch_cluster(gcs, lambda: cluster_lost(p, client, parent_id, where))
     with signals:
         try:
             result = fit(p, make_searcher(p), callback, resume=args.resume)
@@ -123,6 +124,7 @@ def run_and_judge(p: SearchPlan, args: argparse.Namespace, client: Any, parent_i
         except Exception:
             if gcs_alive(gcs):
                 raise  # a defect, not the cluster: the traceback says where (exit 1)
+    watch.set()
     lost = not gcs_alive(gcs)
     o = (tally(result, result.num_terminated, result.num_errors, p.num_samples, p.max_steps) if result is not None
          else Outcome(p.num_samples, not_started=p.num_samples))
@@ -141,6 +143,28 @@ def run_and_judge(p: SearchPlan, args: argparse.Namespace, client: Any, parent_i
     write_status(search_dir, state, **extra)
     print(describe(o, state, extra), flush=True)
     return STATES[state][0]
+
+
+def cluster_lost(p: SearchPlan, client: Any, parent_id: str, where: dict[str, Any]) -> None:
+    """The head stopped answering while the search ran: record it (children still running closed as interrupted,
+    parent FAILED, status.json) and end the process with its code, before Ray's core worker ends it with 0."""
+    import os
+
+    from search.contract import SEARCH_STATE_TAG
+    from search.outcome import STATES, write_status
+    from search.tracking import close_interrupted
+
+    code, status, meaning = STATES["cluster_lost"]
+    hint = f"the Ray cluster at {p.address or 'local'} stopped answering; restart it and rerun with --resume"
+    try:
+        if not (p.storage / p.name / "tracking_outbox.json").exists():
+            close_interrupted(client, parent_id)
+            client.set_tag(parent_id, SEARCH_STATE_TAG, "cluster_lost")
+            client.set_terminated(parent_id, status)
+    finally:
+        write_status(p.storage / p.name, "cluster_lost", **where, hint=hint)
+        print(f"search cluster_lost (exit {code}): {meaning} ({hint})", flush=True)
+        os._exit(code)  # Ray's threads may hang on the lost GCS: end now, with the code a scheduler reads
 
 
 __all__ = ["SearchError", "SearchPlan", "SpaceSampler", "make_searcher", "plan", "run_search"]

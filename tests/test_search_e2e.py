@@ -168,6 +168,10 @@ def test_a_trial_can_be_a_two_worker_deepspeed_job_under_ray_train(tmp_path: Pat
     (child,) = children(client, parent_id)
     assert child.data.tags["petl.status"] == "finished" and child.data.tags["petl.fidelity"] == "4"
     assert [m.step for m in client.get_metric_history(child.info.run_id, "score")] == [2, 4]
+    # Ray Train's own run folder lives inside the search's folder (before: <storage>/<trial_id>, beside searches).
+    trial_id = child.data.tags["petl.trial_id"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp"]
+    assert (tmp_path / "runs" / "ddp" / "ray_train" / trial_id).is_dir()
 
 
 def test_a_config_already_trained_to_full_fidelity_is_reused_not_retrained(tmp_path: Path) -> None:
