@@ -61,10 +61,11 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix="petl-rc-", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp, "include_dashboard": False})
-    c.add_node(num_cpus=1, temp_dir=temp)
-    c.wait_for_nodes()
+    c = Cluster()
     try:
+        c.add_node(num_cpus=1, temp_dir=temp, include_dashboard=False)  # the head
+        c.add_node(num_cpus=1, temp_dir=temp)
+        c.wait_for_nodes()
         yield c
     finally:
         c.shutdown()  # kills each node's processes by PID
