@@ -21,8 +21,11 @@ DEFAULT_SPACE = "smoke"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="petl-search", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from search.outcome import exit_code_table
+
+    p = argparse.ArgumentParser(prog="petl-search", description=__doc__, epilog=exit_code_table() + "\n\nOn a "
+                                "cluster (an existing Ray cluster, SLURM, Ray jobs): docs/cluster.md and "
+                                "petl-submit --help.", formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument_group("what to search")
     a.add_argument("--space", default=DEFAULT_SPACE,
                    help="YAML design space: a file, or a shipped space by name (full, paper, smoke; schema in "
@@ -64,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train a config again when an identical one already reached full fidelity in this search "
                    "(default: reuse its result; training is seeded, so a rerun would repeat it)")
     r = p.add_argument_group("where it runs")
-    r.add_argument("--address", default=None, help="join a Ray cluster (e.g. auto or ray://head:10001); "
-                   "default: start Ray locally")
+    r.add_argument("--address", default=None, help="join a Ray cluster: its head's host:port (as `ray start "
+                   "--head` prints it), ray://head:10001 (Ray Client: petl-search[cluster]) or auto; checked with a "
+                   "5 s connect before anything starts; default: start Ray locally")
     r.add_argument("--concurrency", type=int, default=2, help="trials running at once")
     r.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial")
     r.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial; fractions share a GPU (0.25)")
@@ -114,9 +118,12 @@ def execute(args: argparse.Namespace) -> int:
     """Run a search from parsed arguments (also `python -m search.reevaluate`'s, with `args.front` set)."""
     for key, value in (("TRANSFORMERS_VERBOSITY", "error"), ("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0"),
                        ("TUNE_GLOBAL_CHECKPOINT_S", "1"), ("RAY_DEDUP_LOGS", "1"),
-                       ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")):
+                       ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1"), ("TUNE_DISABLE_SIGINT_HANDLER", "1"),
+                       ("RAY_gcs_rpc_server_reconnect_timeout_s", "600")):
         # Checkpoint the experiment every second (a SIGKILL loses ~nothing); failed and over-budget trials report
-        # no score on purpose, which Ray's strict metric check would turn into a crash of the whole search.
+        # no score on purpose, which Ray's strict metric check would turn into a crash of the whole search. SIGINT is
+        # search.outcome.StopSignals' (it remembers the signal, then asks Tune to stop cleanly through SIGUSR1). A lost
+        # head is search.cluster.watch_cluster's to report (in ~15 s), not Ray's to end the driver with exit 0.
         os.environ.setdefault(key, value)
     if args.address is None:
         private_ray_token()

@@ -42,6 +42,7 @@ PARETO_TAG = "petl.pareto"  # "true" on every run of a Pareto-optimal design (al
 DESIGN_TAG, FAMILY_TAG = "petl.design", "petl.family"
 DESIGN_KEY_TAG = "petl.design_key"  # same value on the replicate seeds of one design and training configuration
 REPLICATE_TAG = "petl.replicate"  # "2/3": the second of three training seeds of its design
+SEARCH_STATE_TAG = "petl.search_state"  # on the parent: how the search ended (search.outcome.STATES: complete, ...)
 
 # ---- statuses (petl.status) and the MLflow run status each maps to ------------------------------------------------
 FINISHED, STOPPED, FAILED, SKIPPED, INTERRUPTED, RUNNING = (

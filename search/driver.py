@@ -42,6 +42,7 @@ def optuna_searcher(p: SearchPlan) -> Any:
 
 
 def run_search(args: argparse.Namespace) -> int:
+    """Plan, check, run; returns the exit code of `search.outcome.STATES` (0: every trial ended, one finished)."""
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -59,12 +60,28 @@ def run_search(args: argparse.Namespace) -> int:
 
         print_plan(p, args)
         return 0
-    from search.tracking import MlflowSearchCallback, check_tracking, parent_run
+    from search.cluster import check_address
+    from search.tracking import check_tracking
 
+    check_address(p.address)  # seconds, before anything is created (no MLflow run, no search folder)
     try:
         client = check_tracking(p.tracking_uri)
     except ValueError as err:
         raise SearchError(str(err)) from None
+    from search.tuner import connect
+
+    gcs = connect(p)  # Ray is up (or joined) and one trial fits its nodes: only now is anything created
+    parent_id, callback = open_search(p, args, client, search_dir)
+    return run_and_judge(p, args, client, parent_id, callback, gcs)
+
+
+def open_search(p: SearchPlan, args: argparse.Namespace, client: Any, search_dir: Any) -> tuple[str, Any]:
+    """The parent run (created, or found again on --resume) and the callback that writes the children."""
+    from mlflow.entities import RunTag
+
+    from search.contract import reference_tags
+    from search.tracking import MlflowSearchCallback, parent_run
+
     resolved = {"space": p.space.path, "task": p.task.name,
                 **{f"run.{k}": v for k, v in vars(args).items() if k != "front"},
                 **{f"resolved.{k}": v for k, v in p.run.to_dict().items()},
@@ -73,10 +90,6 @@ def run_search(args: argparse.Namespace) -> int:
                                                                    for k, v in resolved.items()},
                            {"space.yaml": p.space.text, "run_config.json": json.dumps(resolved, indent=2,
                                                                                        default=str)}, args.resume)
-    from mlflow.entities import RunTag
-
-    from search.contract import reference_tags
-
     client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in reference_tags(p.reference, p.task.metric).items()])
     # The parent's plots and hypervolume history are refreshed at most every 30 s while the search runs (a refresh
     # costs ~1 s at a dozen trials, ~4 s at 1,000: per trial it dominated orchestration) and once at the end.
@@ -87,15 +100,71 @@ def run_search(args: argparse.Namespace) -> int:
           f"{'s' if args.seeds != 1 else ''} per design, {p.sampler_kind}) | {p.run.length}; evaluated "
           f"{p.run.interval}; rungs at {list(p.schedule.rungs) or 'none'} | MLflow run {parent_id} in "
           f"{p.tracking_uri}")
+    return parent_id, callback
+
+
+def run_and_judge(p: SearchPlan, args: argparse.Namespace, client: Any, parent_id: str, callback: Any,
+                  gcs: str | None) -> int:
+    """Run the search under clean stop signals, then tell how it ended: exit code, parent status, status.json."""
+    from search.cluster import gcs_alive, watch_cluster
+    from search.outcome import STATES, Outcome, StopSignals, describe, outcome_fields, tally, write_status
     from search.tuner import fit
 
-    fit(p, make_searcher(p), callback, resume=args.resume)
-    if outbox.exists():  # the callback said so; the records wait there for --resume
-        return 1
-    from search.summary import finish
+    search_dir = p.storage / p.name
+    where = {"name": p.name, "search_dir": str(search_dir), "parent_run_id": parent_id,
+             "tracking_uri": p.tracking_uri, "address": p.address or "local", "requested": p.num_samples}
+    write_status(search_dir, "running", **where)
+    signals, result = StopSignals(), None
+    watch = watch_cluster(gcs, lambda: cluster_lost(p, client, parent_id, where))
+    with signals:
+        try:
+            result = fit(p, make_searcher(p), callback, resume=args.resume)
+        except KeyboardInterrupt:  # a second signal: stop at once, Ray's last saved state is what --resume reads
+            signals.received = signals.received or "SIGINT"
+        except Exception:
+            if gcs_alive(gcs):
+                raise  # a defect, not the cluster: the traceback says where (exit 1)
+    watch.set()
+    lost = not gcs_alive(gcs)
+    o = (tally(result, result.num_terminated, result.num_errors, p.num_samples, p.max_steps) if result is not None
+         else Outcome(p.num_samples, not_started=p.num_samples))
+    queued = (search_dir / "tracking_outbox.json").exists()  # the callback said so; --resume sends them
+    state = o.state(interrupted=signals.received is not None, cluster_lost=lost, queued=queued)
+    hint = {"interrupted": f"{signals.received}; rerun the same command with --resume",
+            "cluster_lost": f"the Ray cluster at {p.address or 'local'} stopped answering; restart it and rerun "
+                            "with --resume", "incomplete": "rerun with --resume",
+            "tracking_queued": f"records in {search_dir / 'tracking_outbox.json'}; rerun with --resume once the "
+                               "store is back"}.get(state)
+    if not queued:
+        from search.summary import finish
 
-    finish(client, parent_id, p.tracking_uri, str(search_dir / "report"))
-    return 0
+        finish(client, parent_id, p.tracking_uri, str(search_dir / "report"), status=STATES[state][1], state=state)
+    extra = {**where, **outcome_fields(o), "signal": signals.received, "hint": hint}
+    write_status(search_dir, state, **extra)
+    print(describe(o, state, extra), flush=True)
+    return STATES[state][0]
+
+
+def cluster_lost(p: SearchPlan, client: Any, parent_id: str, where: dict[str, Any]) -> None:
+    """The head stopped answering while the search ran: record it (children still running closed as interrupted,
+    parent FAILED, status.json) and end the process with its code, before Ray's core worker ends it with 0."""
+    import os
+
+    from search.contract import SEARCH_STATE_TAG
+    from search.outcome import STATES, write_status
+    from search.tracking import close_interrupted
+
+    code, status, meaning = STATES["cluster_lost"]
+    hint = f"the Ray cluster at {p.address or 'local'} stopped answering; restart it and rerun with --resume"
+    try:
+        if not (p.storage / p.name / "tracking_outbox.json").exists():
+            close_interrupted(client, parent_id)
+            client.set_tag(parent_id, SEARCH_STATE_TAG, "cluster_lost")
+            client.set_terminated(parent_id, status)
+    finally:
+        write_status(p.storage / p.name, "cluster_lost", **where, hint=hint)
+        print(f"search cluster_lost (exit {code}): {meaning} ({hint})", flush=True)
+        os._exit(code)  # Ray's threads may hang on the lost GCS: end now, with the code a scheduler reads
 
 
 __all__ = ["SearchError", "SearchPlan", "SpaceSampler", "make_searcher", "plan", "run_search"]

@@ -23,20 +23,27 @@ def front_table(df: Any) -> str:
     return "\n".join(lines)
 
 
-def finish(client: Any, parent_id: str, tracking_uri: str, report_dir: str) -> None:
+def finish(client: Any, parent_id: str, tracking_uri: str, report_dir: str, status: str = "FINISHED",
+           state: str = "complete") -> None:
+    """Close the search's record: children still running as interrupted, the report, the parent as `status`
+    (MLflow's FINISHED, FAILED or KILLED, from `search.outcome.STATES`) with its state in petl.search_state."""
     from analysis.load import load_search
     from analysis.report import update_search_report
+    from search.contract import SEARCH_STATE_TAG
     from search.tracking import close_interrupted
 
     lost = close_interrupted(client, parent_id)
-    if lost:
+    if lost and state == "complete":
         print(f"interrupted: {', '.join(lost)} (started by the killed driver after its last saved state; "
               "their slots were run again)")
+    elif lost:
+        print(f"interrupted: {', '.join(lost)} (not finished; --resume continues each from its last evaluation)")
     try:
         update_search_report(client, parent_id, report_dir)
     except ValueError as err:
         print(f"report: {err}")
-    client.set_terminated(parent_id, "FINISHED")
+    client.set_tag(parent_id, SEARCH_STATE_TAG, state)
+    client.set_terminated(parent_id, status)
     df = load_search(parent_run_id=parent_id, client=client)
     counts = df["status"].value_counts().to_dict()
     print(f"\n{len(df)} trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("finished", "stopped", "failed",

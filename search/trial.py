@@ -1,7 +1,9 @@
 """The Ray Tune trainable: a sampled config → a design point and run config → `trainables.loop.train`.
 
-Runs on Ray workers; imports nothing from the driver. A NaN or diverging loss is reported as a failed result (it is
-deterministic, so retrying it would waste a slot); crashes propagate so Ray's FailureConfig can retry them.
+Runs on Ray workers; imports nothing from the driver. A NaN or diverging loss, and an error that will repeat (a bad
+value, an impossible shape: `deterministic`), are reported as a failed result with their reason, since retrying
+them would waste a slot; other crashes (a lost node, out of memory, I/O) propagate so Ray's FailureConfig retries
+them from the trial's last resume point.
 With `workers_per_trial > 1` the trainable is the driver of a Ray Train `TorchTrainer` whose workers run the same
 loop under DeepSpeed (Ray Train V2's pattern: a Tune function that launches the trainer).
 
@@ -103,13 +105,43 @@ def _train_config(config: Mapping[str, Any], context: TrialContext, trial_id: st
     return context.run.trial_config(config["train"], str(out))
 
 
+# Errors a retry would raise again: the same config, data and code give the same exception. OSError (I/O, network),
+# MemoryError and RuntimeError in general (CUDA out of memory, NCCL/gloo, a worker lost) may pass, so they are retried.
+DETERMINISTIC = (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError, AssertionError,
+                 ZeroDivisionError, ImportError, LookupError, ArithmeticError)
+SHAPE_ERRORS = ("size mismatch", "shapes cannot be multiplied", "must match the size", "shape '", "shape mismatch",
+                "expected input", "dimension out of range")  # torch's RuntimeErrors for an impossible shape
+
+
+def deterministic(err: BaseException) -> bool:
+    """True when running the trial again would raise the same error (so it is failed, not retried)."""
+    if isinstance(err, TrialFailure):
+        return True
+    if isinstance(err, OSError | MemoryError):
+        return False
+    if isinstance(err, DETERMINISTIC):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and "out of memory" not in text and any(s in text for s in SHAPE_ERRORS)
+
+
+def failure_reason(err: BaseException) -> str:
+    """`ValueError: batch_size must be >= 1, got 0`: the exception's type and first line, as MLflow shows it."""
+    if isinstance(err, TrialFailure):
+        return err.reason
+    first = (str(err).strip().splitlines() or [""])[0][:500]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
 def _run(design: DesignPoint, cfg: TrainConfig, reporter: Any, fraction: float) -> dict[str, Any] | None:
     from trainables.loop import train
 
     try:
         train(design, cfg, reporter)
-    except TrialFailure as err:
-        return {"failed": 1, "failure": err.reason, "step": err.step, "fraction": fraction}
+    except Exception as err:  # noqa: BLE001 - sorted into "fail now" and "let Ray retry"
+        if not deterministic(err):
+            raise
+        return {"failed": 1, "failure": failure_reason(err), "step": getattr(err, "step", 0), "fraction": fraction}
     return None
 
 
@@ -141,6 +173,11 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         tune.report(failure)
 
 
+def train_storage(context: TrialContext) -> str:
+    """Where Ray Train writes a multi-worker trial's own run folder: inside the search's folder."""
+    return str(Path(context.trials_dir).parent / "ray_train")
+
+
 def _run_distributed(design: DesignPoint, cfg: TrainConfig, context: TrialContext, fraction: float,
                      memo: ResultMemo | None) -> None:
     import ray.train
@@ -161,7 +198,8 @@ def _run_distributed(design: DesignPoint, cfg: TrainConfig, context: TrialContex
         train_loop_config={"design": design.to_dict(), "cfg": dataclasses.asdict(cfg) | {"engine": "deepspeed"}},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker={
             "CPU": max(context.cpus_per_trial / workers, 0.01), **({"GPU": gpus} if gpus else {})}),
-        run_config=ray.train.RunConfig(name=tune.get_context().get_trial_id(), storage_path=context.storage,
+        # Inside the search's folder (<storage>/<name>/ray_train/<trial id>), never beside it in <storage>.
+        run_config=ray.train.RunConfig(name=tune.get_context().get_trial_id(), storage_path=train_storage(context),
                                        callbacks=[TuneReportCallback()]),
     )
     trainer.fit()

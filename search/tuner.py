@@ -6,6 +6,11 @@ from typing import Any
 
 from search.scheduler import make_scheduler
 
+# A multi-worker trial's own Tune process only launches Ray Train's workers (which reserve the CPUs and GPUs): it
+# holds 1 byte of memory and no CPU, so N workers of 1 CPU fit on N 1-CPU nodes (with 0.01 CPU it left 0.99 on its
+# node and the trial waited forever for a placement group). Tune refuses an empty request, hence the byte.
+LAUNCHER_RESOURCES = {"cpu": 0, "memory": 1}
+
 
 def _init_ray(address: str | None, num_cpus: float | None) -> None:
     import logging
@@ -23,8 +28,22 @@ def _init_ray(address: str | None, num_cpus: float | None) -> None:
                  log_to_driver=False)
 
 
-def fit(plan: Any, searcher: Any, callback: Any, resume: bool = False) -> None:
-    """Run (or resume) the search of a `search.plan.SearchPlan`; every outcome lands in MLflow through `callback`."""
+def connect(plan: Any) -> str | None:
+    """Join (or start) Ray and check that one trial fits the cluster's nodes; returns the GCS address (to tell a
+    lost cluster from a finished search later). Raises SearchError naming the shortfall."""
+    import ray
+
+    from search.cluster import check_placement
+
+    _init_ray(plan.address, None)
+    t = plan.trial
+    check_placement(ray.nodes(), t.cpus_per_trial, t.gpus_per_trial, t.workers_per_trial)
+    return ray.get_runtime_context().gcs_address
+
+
+def fit(plan: Any, searcher: Any, callback: Any, resume: bool = False) -> Any:
+    """Run (or resume) the search of a `search.plan.SearchPlan`; every outcome lands in MLflow through `callback`.
+    Returns Ray Tune's ResultGrid (trials in their final or, after a stop signal, unfinished states)."""
     from ray import tune
 
     from search.trial import run_trial
@@ -33,7 +52,7 @@ def fit(plan: Any, searcher: Any, callback: Any, resume: bool = False) -> None:
     trial = plan.trial
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=trial),
                                     {"cpu": trial.cpus_per_trial, "gpu": trial.gpus_per_trial}
-                                    if trial.workers_per_trial <= 1 else {"cpu": 0.01})
+                                    if trial.workers_per_trial <= 1 else LAUNCHER_RESOURCES)
     path = str(plan.storage / plan.name)
     if resume:
         # Trials that were running restart from their own resume state (trials/<id>/resume); finished ones stay.
@@ -56,4 +75,4 @@ def fit(plan: Any, searcher: Any, callback: Any, resume: bool = False) -> None:
                                       failure_config=tune.FailureConfig(max_failures=plan.max_failures),
                                       verbose=0),
         )
-    tuner.fit()
+    return tuner.fit()

@@ -112,13 +112,37 @@ def test_resume_continues_at_the_right_step_and_matches_an_uninterrupted_run(tmp
     assert (out / "resume" / "state.pt").is_file()
     rep = ListReporter()
     resumed = train(design, TrainConfig.for_task("toy-cls", out_dir=str(out), **kwargs), rep)
-    assert [r["step"] for r in rep.reports] == [10]
-    assert rep.reports[0]["score"] == full.score
+    # The step-5 evaluation is reported again from the resume point (the driver may never have received it; the
+    # receivers keep one report per step), then training continues at step 6.
+    assert [r["step"] for r in rep.reports] == [5, 10]
+    assert rep.reports[1]["score"] == full.score
     # The selection made before the interruption survives it: same checkpoint, same score, same weights kept.
     assert (resumed.selected_step, resumed.selected_score) == (full.selected_step, full.selected_score)
     ids = torch.randint(5, 30, (3, 9))  # both models are the selected checkpoint, saved folded; compare outputs
     torch.testing.assert_close(resumed.model.eval()(input_ids=ids).logits, full.model.eval()(input_ids=ids).logits,
                                atol=1e-5, rtol=1e-5)
+
+
+def test_an_evaluation_whose_report_never_left_the_trial_is_reported_on_resume(tmp_path: Path) -> None:
+    """Issue 13 defect 3: the resume point of step 5 was written, then the trial was stopped before its step-5
+    report reached the driver; before the fix the resumed trial reported only step 10 and step 5 was lost."""
+    class KilledBeforeReport(ListReporter):
+        def report(self, metrics):
+            raise KeyboardInterrupt  # SIGINT between save_resume and the report
+
+    kwargs = dict(max_steps=10, eval_every=5, lr=1e-2, **FAST)
+    design = get_preset("mam_glue").design
+    full_rep = ListReporter()
+    train(design, TrainConfig.for_task("toy-cls", out_dir=str(tmp_path / "full"), **kwargs), full_rep)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(design, TrainConfig.for_task("toy-cls", out_dir=str(out), **kwargs), KilledBeforeReport())
+    rep = ListReporter()
+    train(design, TrainConfig.for_task("toy-cls", out_dir=str(out), **kwargs), rep)
+    assert [r["step"] for r in rep.reports] == [5, 10]
+    for got, want in zip(rep.reports, full_rep.reports):  # the same evaluations, bit for bit (elapsed time aside)
+        assert {k: v for k, v in got.items() if k not in ("elapsed_s", "tokens_per_s")} == \
+            {k: v for k, v in want.items() if k not in ("elapsed_s", "tokens_per_s")}
 
 
 def test_nan_loss_ends_the_trial_as_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:

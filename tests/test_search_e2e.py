@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -89,14 +90,21 @@ def test_a_small_search_lands_in_mlflow_as_parent_and_children(tmp_path: Path,
     assert "Pareto-optimal designs" in out and "mlflow ui --backend-store-uri" in out
 
 
-def test_failing_trials_are_recorded_as_failed_and_the_search_finishes(tmp_path: Path) -> None:
-    # lr 1e12 makes the loss explode within 3 steps (a TrialFailure); a token budget of 1 makes the trial raise when it
-    # builds its batches (a crash; a value the plan cannot reject, as it depends on the token lengths). With seed 2
-    # the sampler draws max_tokens [None, 1, 1, None]: two of each kind.
+def test_a_search_whose_every_trial_failed_exits_3_and_a_deterministic_error_is_not_retried(tmp_path: Path) -> None:
+    # lr 1e12 makes the loss explode within 3 steps (a TrialFailure); a token budget of 1 makes the trial raise a
+    # ValueError when it builds its batches (a value the plan cannot reject, as it depends on the token lengths: it
+    # will raise again on every retry). With seed 2 the sampler draws max_tokens [None, 1, 1, None]: two of each.
+    # Before (issue 12 item 9): exit 0, parent FINISHED, and the ValueError trials retried --max-failures times.
     space = write_space(tmp_path, {"lr": 1.0e12, "max_tokens": [None, 1]})
     code, client, parent_id = run(tmp_path, space, "--num-samples", "4", "--name", "failing", "--scheduler",
-                                  "none", "--max-failures", "0", "--seed", "2")
-    assert code == 0 and client.get_run(parent_id).info.status == "FINISHED"
+                                  "none", "--max-failures", "3", "--seed", "2")
+    assert code == 3
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FAILED" and parent.data.tags["petl.search_state"] == "no_trial_finished"
+    status = json.loads((tmp_path / "runs" / "failing" / "status.json").read_text())
+    assert (status["state"], status["exit_code"], status["counts"]["failed"]) == ("no_trial_finished", 3, 4)
+    # Not retried: Ray never saw an error (it writes error.txt per failed attempt); each trial ran once.
+    assert not list((tmp_path / "runs" / "failing").glob("*/error.txt"))
     runs = children(client, parent_id)
     assert len(runs) == 4
     for r in runs:
@@ -160,6 +168,10 @@ def test_a_trial_can_be_a_two_worker_deepspeed_job_under_ray_train(tmp_path: Pat
     (child,) = children(client, parent_id)
     assert child.data.tags["petl.status"] == "finished" and child.data.tags["petl.fidelity"] == "4"
     assert [m.step for m in client.get_metric_history(child.info.run_id, "score")] == [2, 4]
+    # Ray Train's own run folder lives inside the search's folder (before: <storage>/<trial_id>, beside searches).
+    trial_id = child.data.tags["petl.trial_id"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp"]
+    assert (tmp_path / "runs" / "ddp" / "ray_train" / trial_id).is_dir()
 
 
 def test_a_config_already_trained_to_full_fidelity_is_reused_not_retrained(tmp_path: Path) -> None:

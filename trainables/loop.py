@@ -207,6 +207,12 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
     start = state["step"] if state else 0
     selection = Selection.from_state(state and state.get("selection"), cfg.select_metric, cfg.select_mode)
     tally, t0, last = Tally(), time.perf_counter(), {}
+    if state and state.get("report"):
+        # The resume point is written before its evaluation is reported, so a trial stopped in between (SIGINT, a
+        # lost node) would lose that evaluation: report it again. Receivers keep one report per step (the MLflow
+        # callback skips a step it has; a rung records a trial once).
+        last = dict(state["report"])
+        reporter.report(last)
     rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
         else 0  # under Ray Train / DeepSpeed each rank trains its share; rank 0 saves
 
@@ -246,7 +252,9 @@ def _save(out_dir: Path, engine: Any, design: DesignPoint, step: int, cfg: Train
     if step != cfg.max_steps:
         if selected_now and rank == 0:
             save_selected(out_dir, model)
-        save_resume(out_dir, engine, step, {"selection": selection.state()})
+        # Plain floats and ints: the resume state is read weights_only (no numpy scalars).
+        report = {k: v.item() if hasattr(v, "item") else v for k, v in last.items()}
+        save_resume(out_dir, engine, step, {"selection": selection.state(), "report": report})
         return
     if rank != 0:
         return

@@ -1,0 +1,192 @@
+"""A search on a real multi-node Ray cluster (ray.cluster_utils.Cluster: two nodes on 127.0.0.1, own temp dir,
+explicit address), a SIGINT'd and resumed search, and a `ray job submit` against a local head with its job server.
+Every process a test starts is ended by PID (never `ray stop`). Slow: tens of seconds each."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.test_search_e2e import children, the_parent, write_space
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def driver(tmp_path: Path, space: Path, name: str, *extra: str) -> tuple[list[str], dict]:
+    cmd = [sys.executable, "-m", "search.run", "--space", str(space), "--storage", str(tmp_path / "runs"),
+           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--name", name, "--scheduler", "none", *extra]
+    return cmd, {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+
+
+def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout_s
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the driver ended (exit {proc.returncode}) before {what}: "
+                                 f"{proc.stdout.read()[-3000:] if proc.stdout else ''}")
+        if time.time() > deadline:
+            if proc is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"timed out waiting for {what}: "
+                                 f"{proc.stdout.read()[-3000:] if proc and proc.stdout else ''}")
+        time.sleep(0.2)
+
+
+def resume_points(tmp_path: Path, name: str) -> list[Path]:
+    return list((tmp_path / "runs" / name / "trials").glob("*/resume"))
+
+
+def steps_of(client: MlflowClient, parent_id: str) -> dict[str, list[int]]:
+    return {r.data.tags["petl.trial_id"]: sorted(m.step for m in client.get_metric_history(r.info.run_id, "score"))
+            for r in children(client, parent_id)}
+
+
+@pytest.fixture
+def cluster():
+    """Two 1-CPU Ray nodes on this machine in a private temp dir; every node's processes ended at the end. Not bound
+    to 127.0.0.1: Ray rewrites a loopback address to the host's own IP when a driver connects, so a GCS listening on
+    loopback only is never reached."""
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="petl-rc-", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
+    c = Cluster()
+    try:
+        c.add_node(num_cpus=1, temp_dir=temp, include_dashboard=False)  # the head
+        c.add_node(num_cpus=1, temp_dir=temp)
+        c.wait_for_nodes()
+        yield c
+    finally:
+        c.shutdown()  # kills each node's processes by PID
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_trials_run_on_both_nodes_and_a_killed_worker_node_loses_no_evaluation(tmp_path: Path, cluster) -> None:
+    space = write_space(tmp_path, {"lr": 3.0e-3, "max_steps": 60, "eval_every": 15})
+    cmd, env = driver(tmp_path, space, "multi", "--address", cluster.address, "--num-samples", "2",
+                      "--concurrency", "2", "--max-failures", "2", "--rerun-duplicates")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        # 1 CPU per node, 1 per trial: two trials with a resume point at once means one ran on each node.
+        wait_for(lambda: len(resume_points(tmp_path, "multi")) == 2, 240, "both trials' first evaluation", proc)
+        worker = next(n for n in cluster.list_all_nodes() if n is not cluster.head_node)
+        cluster.remove_node(worker, allow_graceful=False)  # its raylet and workers killed mid-trial
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out[-4000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent_id = the_parent(client)
+    runs = children(client, parent_id)
+    assert sorted(r.data.tags["petl.status"] for r in runs) == ["finished", "finished"]
+    # Every evaluation step present exactly once, also for the trial whose node died (retried on the head from its
+    # last resume point: Ray recorded its failure).
+    assert list(steps_of(client, parent_id).values()) == [[15, 30, 45, 60]] * 2
+    assert len(list((tmp_path / "runs" / "multi").glob("*/error.txt"))) == 1, out[-3000:]
+    assert json.loads((tmp_path / "runs" / "multi" / "status.json").read_text())["state"] == "complete"
+
+
+def test_a_lost_head_ends_the_search_non_zero_with_the_parent_not_finished(tmp_path: Path, cluster) -> None:
+    space = write_space(tmp_path, {"lr": 3.0e-3, "max_steps": 400, "eval_every": 5})
+    cmd, env = driver(tmp_path, space, "headless", "--address", cluster.address, "--num-samples", "2",
+                      "--concurrency", "2")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        wait_for(lambda: len(resume_points(tmp_path, "headless")) >= 1, 240, "a first evaluation", proc)
+        cluster.remove_node(cluster.head_node, allow_graceful=False)  # GCS and raylet killed
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 5, out[-4000:]  # before: 0 about a minute later, parent left RUNNING
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.get_run(the_parent(client))
+    assert parent.info.status == "FAILED" and parent.data.tags["petl.search_state"] == "cluster_lost"
+    status = json.loads((tmp_path / "runs" / "headless" / "status.json").read_text())
+    assert (status["state"], status["exit_code"]) == ("cluster_lost", 5)
+
+
+def test_sigint_stops_with_130_an_interrupted_parent_and_resume_loses_no_evaluation(tmp_path: Path) -> None:
+    space = write_space(tmp_path, {"lr": 3.0e-3, "max_steps": 30, "eval_every": 5})
+    cmd, env = driver(tmp_path, space, "sigint", "--num-samples", "2", "--concurrency", "2", "--rerun-duplicates")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        wait_for(lambda: len(resume_points(tmp_path, "sigint")) >= 1, 240, "a first evaluation", proc)
+        os.kill(proc.pid, signal.SIGINT)  # the driver only, as SLURM's --signal=INT or a Ctrl-C would
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out[-4000:]  # before: 0, parent FINISHED, "their slots were run again"
+    assert "slots were run again" not in out
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent_id = the_parent(client)
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "KILLED" and parent.data.tags["petl.search_state"] == "interrupted"
+    status = json.loads((tmp_path / "runs" / "sigint" / "status.json").read_text())
+    assert (status["state"], status["exit_code"], status["signal"]) == ("interrupted", 130, "SIGINT")
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-2000:]
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    assert list(steps_of(client, parent_id).values()) == [[5, 10, 15, 20, 25, 30]] * 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_ray_job_submitted_to_a_local_head_completes_and_its_results_outlive_the_job(tmp_path: Path) -> None:
+    pytest.importorskip("aiohttp_cors", reason="the job server needs ray[default] (petl-search[cluster])")
+    temp = tempfile.mkdtemp(prefix="petl-rj-", dir="/tmp")
+    gcs, dash, client_port = free_port(), free_port(), free_port()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--disable-usage-stats", f"--temp-dir={temp}",
+                             f"--port={gcs}", "--num-cpus=2",
+                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                             f"--ray-client-server-port={client_port}",
+                             f"--dashboard-agent-listen-port={free_port()}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    try:
+        space = write_space(tmp_path, {"lr": 3.0e-3, "max_steps": 4, "eval_every": 2})
+        argv = ["ray-job", "--address", f"http://127.0.0.1:{dash}", "--python", sys.executable, "--follow", "--",
+                "--space", str(space), "--name", "rj", "--storage", str(tmp_path / "runs"), "--tracking-uri",
+                f"sqlite:///{tmp_path / 'mlflow.db'}", "--num-samples", "2", "--scheduler", "none",
+                "--concurrency", "2"]
+        from search.cluster import reachable
+
+        wait_for(lambda: reachable("127.0.0.1", dash, 1.0) is None, 120, "the job server")
+        proc = subprocess.run([sys.executable, "-m", "search.submit", *argv], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=500, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+        assert "Ray job rj: SUCCEEDED (exit 0)" in proc.stdout
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` ends the node it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+    # The job's working dir is gone with the job; the search's folder and tracking store are where we said.
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent_id = the_parent(client)
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    assert sorted(r.data.tags["petl.status"] for r in children(client, parent_id)) == ["finished", "finished"]
+    assert json.loads((tmp_path / "runs" / "rj" / "status.json").read_text())["state"] == "complete"

@@ -1,0 +1,276 @@
+"""Batch submission and a driver a scheduler can trust, without a cluster: the sbatch script line by line, what a
+batch job refuses, the --address probe, placement against nodes, exit codes, status.json, stop signals, and which
+trial errors are retried. The real SLURM / Ray cluster runs are in test_cluster_e2e.py and test_cluster_slurm.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from search import outcome as O
+from search.cluster import Bundle, check_address, check_placement, split_address
+from search.plan import SearchError
+from search.slurm import base_port, ports, render
+from search.submit import check_batch_args
+from search.submit import main as submit_main
+from search.trial import deterministic, failure_reason
+from trainables.report import TrialFailure
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def slurm_opts(**kw):
+    base = dict(nodes=2, cpus_per_node=8, gpus_per_node=4, time="12:00:00", partition="gpu", account="lab",
+                job_name=None, sbatch=["--mem=64G", "--exclusive"], stop_before=300, python="/opt/venv/bin/python",
+                node_timeout=300, dry_run=True)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_the_sbatch_script_is_rendered_line_by_line(tmp_path: Path) -> None:
+    storage = tmp_path / "runs"
+    script = render(slurm_opts(), ["--space", "full", "--dataset", "en-ro", "--name", "enro 1", "--storage",
+                                   str(storage), "--gpus-per-trial", "1"], tmp_path)
+    lines = script.splitlines()
+    assert lines[:15] == [
+        "#!/bin/bash",
+        "#SBATCH --job-name=petl-enro 1",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --time=12:00:00",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=lab",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --output={storage}/slurm-logs/%x-%j.out",
+        f"#SBATCH --chdir={tmp_path}",
+        "#SBATCH --signal=B:INT@300",
+        "#SBATCH --mem=64G",
+    ]
+    assert lines[15] == "#SBATCH --exclusive"
+    body = lines[lines.index("set -uo pipefail"):]
+    assert body[1] == "PY=/opt/venv/bin/python"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the default store, made absolute at submission
+    expected_tail = [
+        "export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0",
+        "export RAY_AUTH_TOKEN=\"$(\"$PY\" -c 'import secrets; print(secrets.token_hex(32))')\"",
+        "export PETL_RAY_BASE=$(( 20000 + (SLURM_JOB_ID % 800) * 50 ))",
+        "mapfile -t NODES < <(scontrol show hostnames \"$SLURM_JOB_NODELIST\")",
+        "HEAD=\"$(\"$PY\" -m search.submit node-ip \"${NODES[0]}\"):$PETL_RAY_BASE\"",
+        "[ \"${HEAD%%:*}\" ] || { echo \"error: no address for node ${NODES[0]}\"; exit 5; }",
+        "STEPS=()",
+        "srun --overlap --nodes=1 --ntasks=1 -w \"${NODES[0]}\" \"$PY\" -m search.submit ray-node --head &",
+        "STEPS+=($!)",
+        "srun --overlap --nodes=1 --ntasks=1 --ntasks-per-node=1 -x \"${NODES[0]}\" \"$PY\" -m search.submit "
+        "ray-node --head-address \"$HEAD\" --first-index 1 &",
+        "STEPS+=($!)",
+        "# SIGTERM to the Ray steps' tasks (a signal to srun itself would SIGKILL them): each ends its node and",
+        "# removes its temp dir.",
+        "stop_ray() {",
+        "  for step in $(squeue -h -s -j \"$SLURM_JOB_ID\" -o %i | grep -v -e '\\.batch$' -e '\\.extern$'); do",
+        "    scancel --signal=TERM \"$step\"",
+        "  done",
+        "  wait \"${STEPS[@]}\" 2>/dev/null",
+        "}",
+        "\"$PY\" -m search.submit wait-nodes --address \"$HEAD\" --nodes 2 --timeout 300 || { code=$?; stop_ray; "
+        "exit $code; }",
+        f"\"$PY\" -m search.submit run -- --space full --dataset en-ro --name 'enro 1' --storage {storage} "
+        f"--gpus-per-trial 1 --tracking-uri {uri} --address \"$HEAD\" &",
+        "DRIVER=$!",
+        "# SLURM's --signal=B:INT reaches this shell only: pass it on; the driver saves its state and stops.",
+        "trap 'kill -INT \"$DRIVER\" 2>/dev/null' INT TERM",
+        "while true; do wait \"$DRIVER\"; code=$?; kill -0 \"$DRIVER\" 2>/dev/null || break; done",
+        "stop_ray",
+        "exit $code",
+    ]
+    assert body[-len(expected_tail):] == expected_tail
+    # The script's port formula is the one the Ray nodes use; each node of a job has its own ports.
+    assert base_port(1234) == 20000 + (1234 % 800) * 50
+    assert set(ports(base_port(1), 0).values()).isdisjoint(ports(base_port(1), 1).values())
+    assert max(ports(base_port(799), 3).values()) < 65536
+    proc = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
+    assert proc.returncode == 0, proc.stderr  # valid bash
+
+
+def test_one_node_renders_no_worker_step_and_dry_run_prints_the_script(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    code = submit_main(["slurm", "--nodes", "1", "--dry-run", "--", "--name", "x", "--storage", str(tmp_path),
+                        "--tracking-uri", "http://mlflow:5000"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("#!/bin/bash\n") and "--head-address" not in out
+    assert "--nodes 1 --timeout 300" in out and "--tracking-uri http://mlflow:5000 --address" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--name", "x"], "error: --storage must be an absolute folder every node reaches (shared storage), got "
+     "'petl_runs': a batch job starts on another node, in another folder"),
+    (["--storage", "/s"], "error: a batch job needs --name after `--`: a requeued or re-submitted job resumes the "
+     "search of that name"),
+    (["--name", "x", "--storage", "/s", "--resume"], "error: leave --resume out after `--`: the job adds it when "
+     "the search's state exists"),
+    (["--name", "x", "--storage", "/tmp/ray/runs"], "error: --storage '/tmp/ray/runs' lies inside /tmp/ray, a "
+     "temporary folder: it would vanish with the job; put it on storage that outlives the job (a shared folder, "
+     "a tracking server)"),
+    (["--name", "x", "--storage", "/s", "--tracking-uri", "sqlite:///mlflow.db"], "error: --tracking-uri must "
+     "name an absolute SQLite path (sqlite:////abs/mlflow.db) or a server, got 'sqlite:///mlflow.db': a relative "
+     "one lands in the job's working folder"),
+    (["--name", "x", "--storage", "/s", "--address", "10.0.0.1:6379"], "error: leave --address out after `--`: "
+     "the job starts its own Ray cluster over its nodes"),
+    (["--name", "x", "--storage", "/s", "--dry-run"], "error: --dry-run after `--` plans without submitting: run "
+     "petl-search --dry-run ... directly"),
+])
+def test_a_batch_job_refuses_what_it_would_lose_in_one_line(argv: list[str], message: str,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert submit_main(["slurm", "--dry-run", "--", *argv]) == 2
+    assert capsys.readouterr().out.strip() == message
+
+
+def test_a_ray_job_refuses_storage_inside_the_working_dir_it_uploads(tmp_path: Path) -> None:
+    with pytest.raises(SearchError, match=r"^--storage '.*/code/runs' lies inside the job's working dir, which Ray "
+                                          r"copies to a temporary folder: it would vanish with the job"):
+        check_batch_args(["--name", "x", "--storage", str(tmp_path / "code" / "runs")], tmp_path,
+                         working_dir=tmp_path / "code")
+    with pytest.raises(SearchError, match=r"^--tracking-uri '.*/code/m.db' lies inside the job's working dir"):
+        check_batch_args(["--name", "x", "--storage", str(tmp_path / "runs"), "--tracking-uri",
+                          f"sqlite:///{tmp_path / 'code' / 'm.db'}"], tmp_path, working_dir=tmp_path / "code")
+
+
+def test_address_forms_and_a_wrong_address_fails_in_seconds_with_one_line() -> None:
+    assert split_address("10.0.0.1:6379") == ("gcs", "10.0.0.1", 6379)
+    assert split_address("ray://head") == ("client", "head", 10001)
+    assert split_address("ray://head:10002") == ("client", "head", 10002)
+    assert split_address("auto") is None
+    with pytest.raises(SearchError, match=r"^--address must be host:port .* got 'http://head:8265'$"):
+        split_address("http://head:8265")
+    with socket.socket() as s:  # a port nothing listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        start = time.time()
+        with pytest.raises(SearchError) as err:
+            check_address(f"127.0.0.1:{port}")
+    assert time.time() - start < 6
+    assert str(err.value) == (f"--address '127.0.0.1:{port}': nothing answers at 127.0.0.1:{port} within 5 s "
+                              "(ConnectionRefusedError: Connection refused); start the Ray head's GCS (`ray start "
+                              "--head --port`) there, or fix the address")
+
+
+def test_a_wrong_address_creates_nothing_before_failing(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "search.run", "--address", f"127.0.0.1:{port}", "--storage",
+                               str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"],
+                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stdout.strip().startswith(f"error: --address '127.0.0.1:{port}': nothing answers")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store, no search folder: nothing was created
+
+
+def test_placement_is_checked_against_the_nodes_and_names_the_shortfall() -> None:
+    nodes = [{"Alive": True, "NodeManagerAddress": "10.0.0.1", "Resources": {"CPU": 1.0}},
+             {"Alive": True, "NodeManagerAddress": "10.0.0.2", "Resources": {"CPU": 1.0}},
+             {"Alive": False, "NodeManagerAddress": "10.0.0.3", "Resources": {"CPU": 64.0}}]
+    check_placement(nodes, cpus_per_trial=2, gpus_per_trial=0, workers=2)  # 1 CPU per worker, one per node
+    with pytest.raises(SearchError) as err:
+        check_placement(nodes, cpus_per_trial=4, gpus_per_trial=0, workers=2)
+    assert str(err.value) == ("a trial cannot be placed: it needs 2 workers of 2 CPU each (--workers-per-trial 2, "
+                              "--cpus-per-trial 4, --gpus-per-trial 0), and the cluster's 2 nodes hold 0 "
+                              "(10.0.0.1: 1 CPU, 0 GPU; 10.0.0.2: 1 CPU, 0 GPU); lower the per-trial resources or "
+                              "add nodes")
+    with pytest.raises(SearchError, match=r"needs 1 worker of 1 CPU \+ 1 GPU each .* hold 0"):
+        check_placement(nodes, cpus_per_trial=1, gpus_per_trial=1, workers=1)
+    assert Bundle(cpu=2, gpu=1).fits({"CPU": 8, "GPU": 3}) == 3 and Bundle(cpu=0.5, gpu=0).fits({"CPU": 2}) == 4
+
+
+def test_the_exit_code_table_is_one_table_in_help_and_docs() -> None:
+    codes = [code for code, _, _ in O.STATES.values()]
+    assert len(set(codes)) == len(codes) and 1 not in codes and O.STATES["complete"][0] == 0
+    assert (O.STATES["bad_input"][0], O.STATES["interrupted"][0]) == (2, 130)
+    from search.cli import build_parser
+
+    help_text = build_parser().format_help()
+    docs = (ROOT / "docs" / "cluster.md").read_text()
+    for line in O.exit_code_table().splitlines()[1:]:
+        assert line in help_text
+        code, name = line.split()[:2]
+        assert f"| {code} | `{name}` |" in docs, line
+
+
+def grid(*results, terminated, errors):
+    return [SimpleNamespace(metrics=m, error=e) for m, e in results], terminated, errors
+
+
+def test_the_state_of_a_search_from_its_trials() -> None:
+    done = ({"step": 10, "score": 0.8}, None)
+    failed = ({"failed": 1, "step": 3}, None)
+    crashed = ({"step": 5, "score": 0.1}, RuntimeError("x"))
+    paused = ({"step": 5, "score": 0.5}, None)
+    o = O.tally(*grid(done, failed, crashed, terminated=2, errors=1), requested=3, max_steps=10)
+    assert (o.counts, o.unfinished, o.not_started) == ({"finished": 1, "stopped": 0, "failed": 2, "skipped": 0}, 0,
+                                                       0)
+    assert o.state(interrupted=False, cluster_lost=False, queued=False) == "complete"
+    assert o.state(interrupted=False, cluster_lost=False, queued=True) == "tracking_queued"
+    o = O.tally(*grid(failed, crashed, terminated=1, errors=1), requested=2, max_steps=10)
+    assert o.state(False, False, False) == "no_trial_finished"
+    o = O.tally(*grid(done, paused, terminated=1, errors=0), requested=4, max_steps=10)
+    assert (o.counts["stopped"], o.unfinished, o.not_started) == (0, 1, 2)  # a paused trial is not "stopped"
+    assert o.state(interrupted=True, cluster_lost=True, queued=True) == "interrupted"
+    assert o.state(interrupted=False, cluster_lost=True, queued=False) == "cluster_lost"
+    assert o.state(interrupted=False, cluster_lost=False, queued=False) == "incomplete"
+    o = O.tally(*grid(done, paused, terminated=2, errors=0), requested=2, max_steps=10)  # Ray after a signal
+    assert o.state(interrupted=True, cluster_lost=False, queued=False) == "interrupted"
+    o = O.tally(*grid(done, failed, terminated=2, errors=0), requested=2, max_steps=10)  # a signal after the end
+    assert o.state(interrupted=True, cluster_lost=False, queued=False) == "complete"
+
+
+def test_status_json_is_written_whole(tmp_path: Path) -> None:
+    O.write_status(tmp_path, "interrupted", name="s", requested=4, counts={"finished": 1}, signal="SIGTERM")
+    data = json.loads((tmp_path / "status.json").read_text())
+    assert (data["state"], data["exit_code"], data["mlflow_status"], data["signal"]) == ("interrupted", 130,
+                                                                                         "KILLED", "SIGTERM")
+    assert data["pid"] == os.getpid() and data["counts"] == {"finished": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]  # the temporary file was renamed away
+
+
+def test_a_stop_signal_asks_tune_to_stop_through_sigusr1_and_a_second_one_stops_at_once() -> None:
+    seen = []
+    previous = signal.signal(signal.SIGUSR1, lambda *a: seen.append("usr1"))  # Ray Tune listens on SIGUSR1
+    try:
+        with O.StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert (stop.received, seen) == ("SIGTERM", ["usr1"])
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_errors_that_will_repeat_fail_the_trial_and_others_are_retried() -> None:
+    import torch
+
+    for err in (ValueError("every example must fit max_tokens=1"), TypeError("x"), KeyError("ffn"),
+                TrialFailure("loss is nan (not finite)", 3), NotImplementedError("x")):
+        assert deterministic(err), err
+    try:
+        torch.ones(2, 3) @ torch.ones(2, 3)
+    except RuntimeError as shape_error:
+        assert deterministic(shape_error)
+    for err in (OSError("disk"), ConnectionError("x"), MemoryError(), RuntimeError("CUDA out of memory"),
+                RuntimeError("NCCL error: unhandled system error"), torch.OutOfMemoryError("x")):
+        assert not deterministic(err), err
+    assert failure_reason(ValueError("bad value\nmore")) == "ValueError: bad value"
+    assert failure_reason(TrialFailure("loss diverged", 5)) == "loss diverged"
