@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.text import Annotation
+from matplotlib.text import Annotation, Text
 from matplotlib.ticker import FuncFormatter
 from matplotlib.transforms import Bbox
 
@@ -38,9 +38,10 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F
 COLORS = {"front": "#000000", "failed": "#555555", "reference": "#777777"}
 DOMINATED_ALPHA = 0.55
 X_LABEL = "stored parameters, % of the backbone's (log scale)"  # the fraction, in percent as every table shows it
-# Offsets (points) tried in order for a preset's label: up-right first, then around the point, then farther out.
-LABEL_OFFSETS = ((6, 6), (6, -14), (-6, 6), (-6, -14), (6, 18), (-6, 18), (6, -26), (-6, -26), (14, 30),
-                 (-14, 30), (14, -38), (-14, -38), (22, 42), (-22, 42), (22, -50), (-22, -50))
+# Offsets (points) tried in order for a preset's label: up-right first, then around the point, farther out ring by
+# ring (a label 12 pt high needs 12 pt steps to clear its neighbour).
+LABEL_OFFSETS = tuple((sx * dx, dy) for ring in range(6) for dy in (6 + 12 * ring, -14 - 12 * ring)
+                      for dx in (6 + 8 * ring,) for sx in (1, -1))
 
 
 def y_label(df: pd.DataFrame) -> str:
@@ -142,7 +143,7 @@ def _label_presets(ax: Axes, named: pd.DataFrame) -> list[Annotation]:
         for dx, dy in LABEL_OFFSETS:
             ann.set_position((dx, dy))
             ann.set_horizontalalignment("left" if dx >= 0 else "right")
-            box = ann.get_window_extent(renderer)
+            box = _text_box(ann, renderer)
             outside = box.width * box.height - _overlap(box, frame)
             cost = outside * 10 + sum(_overlap(box, other) for other in placed)
             if best is None or cost < best[0]:
@@ -152,9 +153,15 @@ def _label_presets(ax: Axes, named: pd.DataFrame) -> list[Annotation]:
         assert best is not None
         ann.set_position(best[1])
         ann.set_horizontalalignment("left" if best[1][0] >= 0 else "right")
-        placed.append(ann.get_window_extent(renderer).expanded(1.05, 1.1))
+        placed.append(_text_box(ann, renderer).expanded(1.05, 1.1))
         labels.append(ann)
     return labels
+
+
+def _text_box(ann: Annotation, renderer: object) -> Bbox:
+    """The label's own box in display pixels (an Annotation's extent also spans its leader line)."""
+    ann.update_positions(renderer)  # where the text goes for its current offset
+    return Text.get_window_extent(ann, renderer)
 
 
 def _overlap(a: Bbox, b: Bbox) -> float:
