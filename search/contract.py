@@ -2,10 +2,12 @@
 
 A search is one MLflow parent run and one nested child run per trial:
 
+- experiment: tag `mlflow.experimentKind=custom_model_development` (unless it already had a kind).
 - parent: tags `petl.role=search`, `petl.search_dir`, `petl.code_version`, and the task's hypervolume reference
-  (`petl.reference_score`, `petl.reference_basis`, `petl.metric`); params: the resolved run configuration (`task`,
-  `run.*`, `settings.*`).
-- child: tags `mlflow.parentRunId`, `petl.role=trial`, `petl.trial_id`, `petl.status`, `petl.fidelity`,
+  (`petl.reference_score`, `petl.reference_basis`, `petl.metric`), the space's description as `mlflow.note.content`;
+  params: the resolved run configuration (`task`, `run.*`, `settings.*`).
+- child: named `t003 lora_attn` (`run_name`); tags `mlflow.parentRunId`, `petl.role=trial`, `petl.trial_id`,
+  `petl.trial_number`, `petl.status`, `petl.stopped_at`, `petl.fidelity`,
   `petl.max_fidelity`, `petl.preset`, `petl.failure`, `petl.reused_from`, `petl.pareto`, `petl.design` (the design
   point's own description), `petl.family`, `petl.design_key`, `petl.replicate`; params: the design point as dotted keys
   (`DesignPoint.to_params`: `ffn.form`, `ffn.size`, ...) and `train.<setting>` for every training setting the
@@ -37,7 +39,8 @@ GIT_COMMIT_TAG = "mlflow.source.git.commit"
 REFERENCE_SCORE_TAG, REFERENCE_BASIS_TAG, METRIC_TAG = "petl.reference_score", "petl.reference_basis", "petl.metric"
 TRIAL_ID_TAG, STATUS_TAG, PRESET_TAG, FAILURE_TAG = "petl.trial_id", "petl.status", "petl.preset", "petl.failure"
 FIDELITY_TAG, MAX_FIDELITY_TAG, STOPPED_AT_TAG = "petl.fidelity", "petl.max_fidelity", "petl.stopped_at"
-REUSED_TAG = "petl.reused_from"  # a duplicate config answered from an earlier trial's result: it trained 0 steps
+# A duplicate config answered from an earlier trial's result (it trained 0 steps): that trial's id (t001).
+REUSED_TAG = "petl.reused_from"
 PARETO_TAG = "petl.pareto"  # "true" on every run of a Pareto-optimal design (all its replicate seeds)
 DESIGN_TAG, FAMILY_TAG = "petl.design", "petl.family"
 DESIGN_KEY_TAG = "petl.design_key"  # same value on the replicate seeds of one design and training configuration

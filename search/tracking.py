@@ -310,8 +310,9 @@ class MlflowSearchCallback(Callback):
 
     def _finish(self, trial: Any, state: str, result: Mapping[str, Any] | None, reason: str | None) -> None:
         fidelity = int((result or {}).get("step", 0))
-        # reused_from: an identical config's result, not trained again
-        tags = C.final_tags(state, fidelity, reason, (result or {}).get("reused_from"))
+        # reused_from: an identical config's result, not trained again; named by that trial's id (t001)
+        reused = (result or {}).get("reused_from")
+        tags = C.final_tags(state, fidelity, reason, self._reused_label(reused) if reused else None)
         # Closed before the report refresh: the report orders trials by end time.
         self._write({"op": "close", "trial": trial.trial_id, "state": state, "tags": tags, "time": _now_ms()})
         again = trial.trial_id in self._done  # recorded before a driver kill, then run again by --resume
