@@ -119,8 +119,9 @@ def front_figure(df: pd.DataFrame, title: str | None = None, reference: Referenc
         ax.text(0.5, 0.5, "no scored trials yet", transform=ax.transAxes, ha="center", va="center", fontsize=14)
     ax.grid(True, which="both", alpha=0.25)
     hv = hypervolume(groups["score"], groups["fraction"], ref_score=ref.score) if len(groups) else 0.0
-    ax.set_title(title or f"Score vs parameter budget: {len(df)} runs, {len(groups)} configurations, "
-                          f"{int(optimal.sum())} Pareto-optimal; hypervolume {hv:.4g}", fontsize=11)
+    ax.set_title(title or f"{score_name(df.attrs.get('metric')).label} vs parameter budget: {len(df)} runs, "
+                          f"{len(groups)} configurations, {int(optimal.sum())} Pareto-optimal; hypervolume {hv:.4g}",
+                 fontsize=11)
     ax.legend(loc="best", fontsize=8, framealpha=0.9)
     fig.tight_layout()
     _label_presets(ax, groups[groups["preset"].notna()])  # after the layout: placed where they will be drawn
@@ -249,7 +250,8 @@ def front_figure_html(df: pd.DataFrame, path: str | Path, title: str | None = No
     fig.add_hline(y=ref.score, line_dash="dash", line_color=COLORS["reference"],
                   annotation_text=_reference_label(ref), annotation_position="bottom right")
     fig.update_layout(  # no fixed size: the figure fills the page or MLflow's artifact pane, whatever its width
-        title=title or f"Score vs parameter budget: {len(df)} runs, {len(groups)} configurations", autosize=True,
+        title=title or f"{score_name(df.attrs.get('metric')).label} vs parameter budget: {len(df)} runs, "
+                       f"{len(groups)} configurations", autosize=True,
         xaxis={"type": "log", "title": X_LABEL, "ticksuffix": "%"}, yaxis={"title": y_label(df)},
         template="plotly_white", margin={"l": 60, "r": 20, "t": 50, "b": 50},
     )

@@ -85,7 +85,10 @@ def run_search(args: argparse.Namespace) -> int:
     callback = MlflowSearchCallback(p.tracking_uri, parent_id, p.max_steps, str(search_dir / "report"),
                                     refresh_every_s=30.0, num_samples=p.num_samples, outbox=str(outbox),
                                     metric=p.task.metric)
-    print(f"search {p.name!r}: {p.num_samples} trials of {p.task.name} from {p.space.path} ({args.seeds} seed"
+    from search.contract import score_name
+
+    print(f"search {p.name!r}: {p.num_samples} trials of {p.task.name}, scored by "
+          f"{score_name(p.task.metric).title}, from {p.space.path} ({args.seeds} seed"
           f"{'s' if args.seeds != 1 else ''} per design, {p.sampler_kind}) | {p.run.length}; evaluated "
           f"{p.run.interval}; rungs at {list(p.schedule.rungs) or 'none'} | MLflow run {parent_id} in "
           f"{p.tracking_uri}")
