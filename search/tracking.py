@@ -350,8 +350,9 @@ class MlflowSearchCallback(Callback):
             return words
         if here <= 0:
             return words + ", time left: not estimable before a trial ends"
-        return words + f", about {_duration(elapsed / here * left)} left ({left} trials at this run's " \
-                       f"{_duration(elapsed / here)} per trial)"
+        pace = elapsed / here  # wall time per ended trial, concurrency included
+        return words + (f", about {_duration(pace * left)} left ({left} trials at this run's pace, one per "
+                        f"{_duration(pace)})")
 
     def _progress(self, trial: Any, state: str, result: Mapping[str, Any] | None, again: bool = False,
                   reason: str | None = None) -> None:

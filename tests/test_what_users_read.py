@@ -134,7 +134,7 @@ def test_progress_lines_say_where_a_trial_stopped_how_long_it_took_and_how_long_
         cb.on_trial_complete(0, [], trial)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == ("[1/4] t001 PA r=8 stopped at step 10/40, last accuracy 0.6100 @ 0.200% | 0 running, "
-                        "1 stopped | elapsed 1m05s, about 3m15s left (3 trials at this run's 1m05s per trial)")
+                        "1 stopped | elapsed 1m05s, about 3m15s left (3 trials at this run's pace, one per 1m05s)")
     assert lines[1] == ("[2/4] t002 lora_attn finished accuracy 0.8300 (selected step 20) @ 0.200% | 0 running, "
                         "1 finished, 1 stopped | front: 1 designs, best accuracy 0.8300 | elapsed 3m20s, about "
-                        "3m20s left (2 trials at this run's 1m40s per trial)")
+                        "3m20s left (2 trials at this run's pace, one per 1m40s)")
