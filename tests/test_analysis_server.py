@@ -1,5 +1,5 @@
-"""End to end against a real `mlflow server` (ended by its PID): a fabricated search and the search's own tracking writes, checked
-through the REST API as the UI reads them."""
+"""End to end against a real `mlflow server` (ended by its PID): a fabricated search and the search's own tracking
+writes, checked through the REST API as the UI reads them."""
 
 from __future__ import annotations
 
