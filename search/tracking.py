@@ -450,4 +450,6 @@ def close_interrupted(client: Any, parent_id: str) -> list[str]:
     for run in runs:
         client.set_tag(run.info.run_id, C.STATUS_TAG, C.INTERRUPTED)
         client.set_terminated(run.info.run_id, C.MLFLOW_STATUS[C.INTERRUPTED])
-    return [r.info.run_name or r.data.tags.get(C.TRIAL_ID_TAG, r.info.run_id) for r in runs]
+    # By the name users see (`t003 lora_attn`); a run from before trial numbers by its Ray trial id.
+    return [r.info.run_name if C.TRIAL_NUMBER_TAG in r.data.tags else r.data.tags.get(C.TRIAL_ID_TAG, r.info.run_id)
+            for r in runs]
