@@ -23,9 +23,9 @@ TERMINAL_STATUSES = C.TERMINAL_STATUSES
 
 # Columns the loader always produces; every other column is an MLflow param of the trial.
 BASE_COLUMNS = (
-    "run_id", "run_name", "status", "fidelity", "max_fidelity", "full_fidelity", "score", "last_score", "fraction",
-    "params.trainable", "params.stored", "preset", "failure", "pareto_tag", "reused_from", "start_time", "end_time",
-    "design_key", "family", "design", "seed",
+    "trial", "run_id", "run_name", "status", "fidelity", "max_fidelity", "full_fidelity", "score", "last_score",
+    "fraction", "params.trainable", "params.stored", "preset", "failure", "pareto_tag", "reused_from", "start_time",
+    "end_time", "design_key", "family", "design", "seed",
 )
 DESIGN_LINE_SEPARATOR = "; "  # joins the lines of a design's description in the `design` column
 

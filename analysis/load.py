@@ -139,7 +139,10 @@ def _int_or_none(v: str | None) -> int | None:
 def _row(run: Run) -> dict[str, Any]:
     tags, metrics = run.data.tags, run.data.metrics
     status = tags.get(C.STATUS_TAG) or C.STATUS_FROM_MLFLOW.get(run.info.status, C.RUNNING)
+    number = tags.get(C.TRIAL_NUMBER_TAG)
     row: dict[str, Any] = {
+        # the one id users see (console, run name, summary.md); runs from before trial numbers show their run name
+        "trial": C.trial_label(int(number)) if number and number.isdigit() else run.info.run_name or run.info.run_id,
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
         "status": status,
@@ -231,7 +234,8 @@ def runs_to_frame(runs: list[Run]) -> pd.DataFrame:
     for c in ("score", "last_score", "fraction"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     _add_identity(df, params)
-    for c in ("run_id", "run_name", "status", "preset", "failure", "pareto_tag", "design_key", "family", "design"):
+    for c in ("trial", "run_id", "run_name", "status", "preset", "failure", "pareto_tag", "design_key", "family",
+              "design"):
         df[c] = _strings(df[c])
     # No max_fidelity tag -> fidelity cannot be judged; a finished trial then counts as full fidelity.
     reached = (df["fidelity"] >= df["max_fidelity"]).fillna(df["max_fidelity"].isna())

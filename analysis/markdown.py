@@ -10,7 +10,7 @@ from analysis.effects import MIN_PAIRS
 from analysis.groups import design_groups, group_front
 from analysis.matching import BUDGET_TOLERANCE, COLLAPSE_MARGIN, collapse_threshold
 from analysis.pareto import REFERENCE, hypervolume
-from search.contract import Reference
+from search.contract import Reference, score_name
 
 BYTES_PER_PARAM = 4  # stored size is reported at fp32
 
@@ -47,6 +47,8 @@ def header(df: pd.DataFrame, groups: pd.DataFrame, hv: float, ref: Reference) ->
     other = len(df) - int(counts.reindex(TERMINAL_STATUSES).fillna(0).sum())
     return [f"# Search report: {df.attrs.get('experiment', 'search')}", "",
             f"- parent run: `{df.attrs.get('parent_run_id', '?')}`",
+            f"- task score: {score_name(df.attrs.get('metric')).title} of each trial's selected checkpoint; "
+            "fraction: stored parameters as a percentage of the backbone's",
             f"- trials: {len(df)} (finished {counts.get('finished', 0)}, of which full fidelity "
             f"{int(df['full_fidelity'].sum())}; early-stopped {counts.get('stopped', 0)}; failed "
             f"{counts.get('failed', 0)}; other {other})",
@@ -62,17 +64,20 @@ def front_table(df: pd.DataFrame, groups: pd.DataFrame) -> list[str]:
     if groups.empty:
         return out + ["No design has a full-fidelity score yet."]
     rows = []
+    labels = dict(zip(df["run_id"], df["trial"]))  # the trial ids of console lines and MLflow run names
     for g in groups[group_front(groups)].sort_values("fraction").to_dict("records"):
         rec = df.iloc[g["row"]]
         params, mb = _stored(rec["params.stored"])
         preset = g["preset"] if isinstance(g["preset"], str) else ""
+        trials = [labels.get(r, r[:8]) for r in g["run_ids"]]
         rows.append(["; ".join(describe_design(rec.to_dict())), g["family"], preset, _score(g),
-                     _pct(g["fraction"]), params, mb, ", ".join(f"`{r[:8]}`" for r in g["run_ids"][:3])])
-    return out + md_table(["design", "family", "preset", "score", "fraction", "stored params", "size MB (fp32)",
-                           "runs"], rows)
+                     _pct(g["fraction"]), params, mb, ", ".join(f"`{t}`" for t in trials[:3])
+                     + (f" (+{len(trials) - 3})" if len(trials) > 3 else "")])
+    return out + md_table(["design", "family", "preset", score_name(df.attrs.get("metric")).label, "fraction",
+                           "stored params", "size MB (fp32)", "trials"], rows)
 
 
-def family_table(groups: pd.DataFrame, ref: Reference) -> list[str]:
+def family_table(groups: pd.DataFrame, ref: Reference, label: str = "score") -> list[str]:
     """Hypervolume of each design family's own front, against the same reference."""
     if groups.empty:
         return []
@@ -86,7 +91,7 @@ def family_table(groups: pd.DataFrame, ref: Reference) -> list[str]:
     rows.sort(key=lambda r: -float(r[4]))
     return ["", "## Hypervolume per design family", "",
             f"Each family's own front against the same reference score ({ref.score:.4g}).", ""] + md_table(
-        ["family", "configurations", "best score", "fraction range", "hypervolume", "on the overall front"], rows)
+        ["family", "configurations", f"best {label}", "fraction range", "hypervolume", "on the overall front"], rows)
 
 
 def presets_table(df: pd.DataFrame, groups: pd.DataFrame) -> list[str]:
@@ -94,7 +99,8 @@ def presets_table(df: pd.DataFrame, groups: pd.DataFrame) -> list[str]:
     if named.empty:
         return []
     front = set(groups.loc[group_front(groups), "design_key"])
-    return ["", "## Paper presets", ""] + md_table(["preset", "score", "fraction", "Pareto-optimal"], [
+    label = score_name(df.attrs.get("metric")).label
+    return ["", "## Paper presets", ""] + md_table(["preset", label, "fraction", "Pareto-optimal"], [
         [g["preset"], _score(g), _pct(g["fraction"]), "yes" if g["design_key"] in front else "no"]
         for g in named.to_dict("records")])
 
@@ -149,7 +155,8 @@ def summary_markdown(df: pd.DataFrame, hv: float, ref: Reference, notes: list[st
                      importance: pd.Series | None) -> str:
     """The whole report text."""
     groups = design_groups(df)
-    out = header(df, groups, hv, ref) + front_table(df, groups) + family_table(groups, ref)
+    label = score_name(df.attrs.get("metric")).label
+    out = header(df, groups, hv, ref) + front_table(df, groups) + family_table(groups, ref, label)
     out += presets_table(df, groups)
     if effects is not None and len(effects):
         out += effects_sections(effects, ref)

@@ -19,11 +19,14 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Annotation, Text
+from matplotlib.ticker import FuncFormatter
+from matplotlib.transforms import Bbox
 
 from analysis.design import describe_design, reference_of
 from analysis.groups import design_groups, group_front, pareto_flags
 from analysis.pareto import MIN_FRACTION, hypervolume
-from search.contract import FAILED, Reference
+from search.contract import FAILED, Reference, score_name
 
 # Sizes: 10 x 7 in at 100 dpi = 1000 x 700 px, readable in the MLflow artifact viewer without scrolling.
 FIG_SIZE_IN = (10.0, 7.0)
@@ -34,8 +37,20 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F
            "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD", "#FF9896")
 COLORS = {"front": "#000000", "failed": "#555555", "reference": "#777777"}
 DOMINATED_ALPHA = 0.55
-X_LABEL = "fraction = stored PETL parameters / backbone parameters (log scale)"
-Y_LABEL = "score (task metric, higher is better)"
+X_LABEL = "stored parameters, % of the backbone's (log scale)"  # the fraction, in percent as every table shows it
+# Offsets (points) tried in order for a preset's label: up-right first, then around the point, farther out ring by
+# ring (a label 12 pt high needs 12 pt steps to clear its neighbour).
+LABEL_OFFSETS = tuple((sx * dx, dy) for ring in range(6) for dy in (6 + 12 * ring, -14 - 12 * ring)
+                      for dx in (6 + 8 * ring,) for sx in (1, -1))
+
+
+def y_label(df: pd.DataFrame) -> str:
+    """The y-axis title: the task's metric by name with its scale (`BLEU (sacreBLEU, 0-100), higher is better`)."""
+    return f"{score_name(df.attrs.get('metric')).title}, higher is better"
+
+
+def _percent(value: float, _pos: object = None) -> str:
+    return f"{100 * value:.3g}%"
 
 
 def family_colors(families: list[str]) -> dict[str, str]:
@@ -94,24 +109,67 @@ def front_figure(df: pd.DataFrame, title: str | None = None, reference: Referenc
         ax.plot(_xs(front["fraction"]), front["score"], drawstyle="steps-post", color=COLORS["front"], lw=1.2,
                 zorder=3, label=f"Pareto front ({int(optimal.sum())} configs, mean over seeds)")
     _partial_and_failed(ax, df, colors)
-    for _, g in groups[groups["preset"].notna()].iterrows():
-        ax.annotate(str(g["preset"]), (max(g["fraction"], MIN_FRACTION), g["score"]), xytext=(6, 6),
-                    textcoords="offset points", fontsize=9, fontweight="bold",
-                    arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "#333333"})
     ax.axhline(ref.score, color=COLORS["reference"], ls="--", lw=1.0, label=_reference_label(ref), zorder=0)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(_percent))
     ax.set_xlabel(X_LABEL)
-    ax.set_ylabel(Y_LABEL)
+    ax.set_ylabel(y_label(df))
     if not len(groups) and not df["score"].notna().any():
         ax.set_xlim(1e-4, 1.0)
         ax.text(0.5, 0.5, "no scored trials yet", transform=ax.transAxes, ha="center", va="center", fontsize=14)
     ax.grid(True, which="both", alpha=0.25)
     hv = hypervolume(groups["score"], groups["fraction"], ref_score=ref.score) if len(groups) else 0.0
-    ax.set_title(title or f"Score vs parameter budget: {len(df)} runs, {len(groups)} configurations, "
-                          f"{int(optimal.sum())} Pareto-optimal; hypervolume {hv:.4g}", fontsize=11)
+    ax.set_title(title or f"{score_name(df.attrs.get('metric')).label} vs parameter budget: {len(df)} runs, "
+                          f"{len(groups)} configurations, {int(optimal.sum())} Pareto-optimal; hypervolume {hv:.4g}",
+                 fontsize=11)
     ax.legend(loc="best", fontsize=8, framealpha=0.9)
     fig.tight_layout()
+    _label_presets(ax, groups[groups["preset"].notna()])  # after the layout: placed where they will be drawn
     return fig
+
+
+def _label_presets(ax: Axes, named: pd.DataFrame) -> list[Annotation]:
+    """Each preset's name beside its point, at the first offset of `LABEL_OFFSETS` where the label lies inside the
+    axes and clear of the labels placed before it (else where it overlaps least), so no label clips at the plot's
+    edge or covers another. Labels are placed left to right."""
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    placed: list[Bbox] = []
+    labels = []
+    for _, g in named.sort_values(["fraction", "score"]).iterrows():
+        ann = ax.annotate(str(g["preset"]), (max(g["fraction"], MIN_FRACTION), g["score"]), xytext=(0, 0),
+                          textcoords="offset points", fontsize=9, fontweight="bold", zorder=5,
+                          arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "#333333"})
+        best: tuple[float, tuple[int, int]] | None = None
+        for dx, dy in LABEL_OFFSETS:
+            ann.set_position((dx, dy))
+            ann.set_horizontalalignment("left" if dx >= 0 else "right")
+            box = _text_box(ann, renderer)
+            outside = box.width * box.height - _overlap(box, frame)
+            cost = outside * 10 + sum(_overlap(box, other) for other in placed)
+            if best is None or cost < best[0]:
+                best = (cost, (dx, dy))
+            if cost == 0:
+                break
+        assert best is not None
+        ann.set_position(best[1])
+        ann.set_horizontalalignment("left" if best[1][0] >= 0 else "right")
+        placed.append(_text_box(ann, renderer).expanded(1.05, 1.1))
+        labels.append(ann)
+    return labels
+
+
+def _text_box(ann: Annotation, renderer: object) -> Bbox:
+    """The label's own box in display pixels (an Annotation's extent also spans its leader line)."""
+    ann.update_positions(renderer)  # where the text goes for its current offset
+    return Text.get_window_extent(ann, renderer)
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    """Area (display px²) where two boxes intersect."""
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(w, 0.0) * max(h, 0.0)
 
 
 def _partial_and_failed(ax: Axes, df: pd.DataFrame, colors: Mapping[str, str]) -> None:
@@ -168,7 +226,7 @@ def front_figure_html(df: pd.DataFrame, path: str | Path, title: str | None = No
     for fam, g in groups.assign(_opt=optimal).groupby(groups["family"].fillna("unknown"), sort=False):
         seeded = g["n_seeds"].to_numpy() > 1
         fig.add_trace(go.Scatter(
-            x=_xs(g["fraction"]), y=g["score"], mode="markers", name=f"{fam} ({len(g)} configs)",
+            x=100 * _xs(g["fraction"]), y=g["score"], mode="markers", name=f"{fam} ({len(g)} configs)",
             error_y={"type": "data", "array": np.where(seeded, g["score_std"], 0.0).tolist(),
                      "visible": bool(seeded.any())},
             marker={"color": colors[fam], "size": np.where(g["_opt"], 12, 8),
@@ -176,7 +234,7 @@ def front_figure_html(df: pd.DataFrame, path: str | Path, title: str | None = No
             text=[hover_text(records[int(r["row"])], r) for r in g.to_dict("records")], hoverinfo="text"))
     if optimal.any():
         front = groups[optimal].sort_values("fraction")
-        fig.add_trace(go.Scatter(x=_xs(front["fraction"]), y=front["score"], mode="lines", hoverinfo="skip",
+        fig.add_trace(go.Scatter(x=100 * _xs(front["fraction"]), y=front["score"], mode="lines", hoverinfo="skip",
                                  line={"shape": "hv", "color": COLORS["front"]}, name="Pareto front"))
     cat = trial_categories(df)
     y = df["score"].to_numpy(dtype=float, na_value=np.nan)
@@ -185,18 +243,20 @@ def front_figure_html(df: pd.DataFrame, path: str | Path, title: str | None = No
         idx = np.flatnonzero((cat == name).to_numpy() & df["fraction"].notna().to_numpy())
         if idx.size:
             fig.add_trace(go.Scatter(
-                x=_xs(df["fraction"].to_numpy(dtype=float)[idx]), y=y[idx] if name == "partial" else
+                x=100 * _xs(df["fraction"].to_numpy(dtype=float)[idx]), y=y[idx] if name == "partial" else
                 np.full(idx.size, floor), mode="markers", name=f"{name} ({idx.size} runs)",
                 marker={"symbol": symbol, "color": COLORS["failed"], "size": 8},
                 text=[hover_text(records[i]) for i in idx], hoverinfo="text"))
     fig.add_hline(y=ref.score, line_dash="dash", line_color=COLORS["reference"],
                   annotation_text=_reference_label(ref), annotation_position="bottom right")
-    fig.update_layout(
-        title=title or f"Score vs parameter budget: {len(df)} runs, {len(groups)} configurations", width=1000,
-        height=700,
-        xaxis={"type": "log", "title": X_LABEL}, yaxis={"title": Y_LABEL}, template="plotly_white",
+    fig.update_layout(  # no fixed size: the figure fills the page or MLflow's artifact pane, whatever its width
+        title=title or f"{score_name(df.attrs.get('metric')).label} vs parameter budget: {len(df)} runs, "
+                       f"{len(groups)} configurations", autosize=True,
+        xaxis={"type": "log", "title": X_LABEL, "ticksuffix": "%"}, yaxis={"title": y_label(df)},
+        template="plotly_white", margin={"l": 60, "r": 20, "t": 50, "b": 50},
     )
-    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    fig.write_html(path, include_plotlyjs=True, full_html=True, default_width="100%", default_height="100%",
+                   config={"responsive": True})
     return path
 
 

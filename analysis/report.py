@@ -28,7 +28,7 @@ from analysis.importance import param_importance
 from analysis.load import SearchNotFoundError, TrackingUnreachableError, load_search, make_client
 from analysis.markdown import summary_markdown
 from analysis.plots import front_figure_html, front_figure_png, importance_figure_png
-from search.contract import HYPERVOLUME, PARETO_TAG, Reference
+from search.contract import HYPERVOLUME, PARETO_TAG, Reference, score_name
 
 ARTIFACT_DIR = "analysis"  # artifact sub-folder of the parent run
 HYPERVOLUME_METRIC = HYPERVOLUME
@@ -63,6 +63,16 @@ def _importances(df: pd.DataFrame, out: Path, files: dict[str, Path], notes: lis
         return None
 
 
+def trials_table(df: pd.DataFrame) -> pd.DataFrame:
+    """trials.csv: the loaded frame with the task score under its metric's name (`accuracy`, `bleu`, `rouge2`; the
+    last step's as `last_<name>`) and the stored fraction in percent (`fraction_pct`), as every other output shows it.
+    """
+    column = score_name(df.attrs.get("metric")).column
+    out = df.rename(columns={"score": column, "last_score": f"last_{column}", "fraction": "fraction_pct"})
+    out["fraction_pct"] = 100.0 * df["fraction"].to_numpy(dtype=float, na_value=np.nan)
+    return out
+
+
 def write_report(df: pd.DataFrame, out_dir: str | Path, *, importance: bool = True,
                  reference: Reference | None = None) -> ReportResult:
     """Write the report files for a loaded search; touches no MLflow state.
@@ -92,7 +102,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, importance: bool = Tr
         effects = like_for_like(df, ref)
         effects[COLUMNS + ["conclusion"]].to_csv(out / "effects.csv", index=False)
         files["effects.csv"] = out / "effects.csv"
-    df.to_csv(out / "trials.csv", index=False)
+    trials_table(df).to_csv(out / "trials.csv", index=False)
     files["trials.csv"] = out / "trials.csv"
     (out / "summary.md").write_text(summary_markdown(df, hv, ref, notes, effects, importances), encoding="utf-8")
     files["summary.md"] = out / "summary.md"

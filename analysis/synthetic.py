@@ -137,7 +137,7 @@ def records_of(trials: Iterable[SyntheticTrial], *, parent_id: str = "synthetic-
         fidelity = t.fidelity if t.fidelity is not None else (
             max_fidelity if t.status == C.FINISHED else int(rng.integers(1, max_fidelity // 2)))
         tags = C.trial_tags(parent_id=parent_id, trial_id=f"trial_{i:05d}", max_steps=max_fidelity, design=t.design,
-                            preset=t.preset)
+                            preset=t.preset, number=i + 1)
         tags.update(C.final_tags(t.status, fidelity, t.failure))
         fraction = t.fraction if t.fraction is not None else synthetic_fraction(t.design)
         stored = int(round(fraction * BACKBONE_PARAMS))
@@ -152,8 +152,8 @@ def records_of(trials: Iterable[SyntheticTrial], *, parent_id: str = "synthetic-
                 metrics += [Metric(n, v, start + k + 1, step) for n, v in
                             C.step_metrics({C.SCORE: score, "loss": 1.0 / (k + 1)}).items()]
         params = [Param(k, v) for k, v in C.trial_params(t.design, t.train).items()]
-        out.append(TrialRecord(f"trial_{i:05d}", start, end, C.MLFLOW_STATUS.get(t.status, "FINISHED"), tags,
-                               params, metrics))
+        out.append(TrialRecord(C.run_name(i + 1, t.design, t.preset), start, end,
+                               C.MLFLOW_STATUS.get(t.status, "FINISHED"), tags, params, metrics))
     return out
 
 

@@ -2,10 +2,12 @@
 
 A search is one MLflow parent run and one nested child run per trial:
 
+- experiment: tag `mlflow.experimentKind=custom_model_development` (unless it already had a kind).
 - parent: tags `petl.role=search`, `petl.search_dir`, `petl.code_version`, and the task's hypervolume reference
-  (`petl.reference_score`, `petl.reference_basis`, `petl.metric`); params: the resolved run configuration (`task`,
-  `run.*`, `settings.*`).
-- child: tags `mlflow.parentRunId`, `petl.role=trial`, `petl.trial_id`, `petl.status`, `petl.fidelity`,
+  (`petl.reference_score`, `petl.reference_basis`, `petl.metric`), the space's description as `mlflow.note.content`;
+  params: the resolved run configuration (`task`, `run.*`, `settings.*`).
+- child: named `t003 lora_attn` (`run_name`); tags `mlflow.parentRunId`, `petl.role=trial`, `petl.trial_id`,
+  `petl.trial_number`, `petl.status`, `petl.stopped_at`, `petl.fidelity`,
   `petl.max_fidelity`, `petl.preset`, `petl.failure`, `petl.reused_from`, `petl.pareto`, `petl.design` (the design
   point's own description), `petl.family`, `petl.design_key`, `petl.replicate`; params: the design point as dotted keys
   (`DesignPoint.to_params`: `ffn.form`, `ffn.size`, ...) and `train.<setting>` for every training setting the
@@ -37,18 +39,31 @@ GIT_COMMIT_TAG = "mlflow.source.git.commit"
 REFERENCE_SCORE_TAG, REFERENCE_BASIS_TAG, METRIC_TAG = "petl.reference_score", "petl.reference_basis", "petl.metric"
 TRIAL_ID_TAG, STATUS_TAG, PRESET_TAG, FAILURE_TAG = "petl.trial_id", "petl.status", "petl.preset", "petl.failure"
 FIDELITY_TAG, MAX_FIDELITY_TAG, STOPPED_AT_TAG = "petl.fidelity", "petl.max_fidelity", "petl.stopped_at"
-REUSED_TAG = "petl.reused_from"  # a duplicate config answered from an earlier trial's result: it trained 0 steps
+# A duplicate config answered from an earlier trial's result (it trained 0 steps): that trial's id (t001).
+REUSED_TAG = "petl.reused_from"
 PARETO_TAG = "petl.pareto"  # "true" on every run of a Pareto-optimal design (all its replicate seeds)
 DESIGN_TAG, FAMILY_TAG = "petl.design", "petl.family"
 DESIGN_KEY_TAG = "petl.design_key"  # same value on the replicate seeds of one design and training configuration
 REPLICATE_TAG = "petl.replicate"  # "2/3": the second of three training seeds of its design
 SEARCH_STATE_TAG = "petl.search_state"  # on the parent: how the search ended (search.outcome.STATES: complete, ...)
+# The trial's number in this search (1, 2, ... in start order): the one id users see. Console lines, the child run's
+# name (`run_name`), trials.csv's `trial` column and summary.md all show it as `trial_label` (t001, t002, ...); Ray's
+# trial id stays in petl.trial_id (the trial's folder under <search>/trials/).
+TRIAL_NUMBER_TAG = "petl.trial_number"
+# MLflow's own names: the experiment's kind (MLflow 3 opens a `custom_model_development` experiment on its runs, an
+# unset one on the GenAI traces overview) and a run's description (shown at the top of the run's page).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"
 
 # ---- statuses (petl.status) and the MLflow run status each maps to ------------------------------------------------
 FINISHED, STOPPED, FAILED, SKIPPED, INTERRUPTED, RUNNING = (
     "finished", "stopped", "failed", "skipped", "interrupted", "running")
 TERMINAL_STATUSES = (FINISHED, STOPPED, FAILED)  # a trial in one of these has a place in the completion order
-MLFLOW_STATUS = {FINISHED: "FINISHED", STOPPED: "KILLED", FAILED: "FAILED", SKIPPED: "KILLED", INTERRUPTED: "KILLED"}
+# An early-stopped trial did what the scheduler asked of it and a skipped one was never meant to train: both are
+# FINISHED to MLflow (a green tick, not a red cross); petl.status says which. Only a trial whose driver was killed
+# under it is KILLED.
+MLFLOW_STATUS = {FINISHED: "FINISHED", STOPPED: "FINISHED", FAILED: "FAILED", SKIPPED: "FINISHED",
+                 INTERRUPTED: "KILLED"}
 # Read when a child lacks petl.status (the trial process died before tagging it).
 STATUS_FROM_MLFLOW = {"FINISHED": FINISHED, "FAILED": FAILED, "KILLED": FAILED, "RUNNING": RUNNING,
                       "SCHEDULED": RUNNING}
@@ -91,17 +106,74 @@ def trial_params(design: DesignPoint, train: Mapping[str, Any]) -> dict[str, str
     return {k: str(v) for k, v in params.items()}
 
 
+def trial_label(number: int) -> str:
+    """The id a user sees for trial `number` of a search: t001, t002, ... (t1000 past 999)."""
+    return f"t{int(number):03d}"
+
+
+def design_short(design: DesignPoint, preset: str | None = None) -> str:
+    """A design in a few words: its preset's name, else its family and budget (`LoRA r=16`, `MAM l=30 r=512`)."""
+    if preset:
+        return preset
+    budgets: dict[str, list[int]] = {}
+    for rep, spec in design.sites().items():
+        sizes = budgets.setdefault("l" if rep.value == "head_attn" else "r", [])
+        if spec.size not in sizes:
+            sizes.append(spec.size)
+    if design.prompt_length:
+        budgets.setdefault("l", []).append(design.prompt_length)
+    words = [design.family() or "task head only"]
+    words += [f"{k}={'/'.join(str(v) for v in vs)}" for k, vs in sorted(budgets.items())]
+    return " ".join(words)
+
+
+def run_name(number: int, design: DesignPoint, preset: str | None = None,
+             replicate: Mapping[str, Any] | None = None) -> str:
+    """A child run's MLflow name: `t003 lora_attn`, `t004 scaled PA r=512 seed 2/3`."""
+    name = f"{trial_label(number)} {design_short(design, preset)}"
+    if replicate and int(replicate["count"]) > 1:
+        name += f" seed {int(replicate['index']) + 1}/{int(replicate['count'])}"
+    return name
+
+
 def trial_tags(*, parent_id: str, trial_id: str, max_steps: int, design: DesignPoint, preset: str | None = None,
-               replicate: Mapping[str, Any] | None = None) -> dict[str, str]:
+               replicate: Mapping[str, Any] | None = None, number: int | None = None) -> dict[str, str]:
     """Tags a child run is created with (its status starts as `running`)."""
     tags = {PARENT_RUN_TAG: parent_id, ROLE_TAG: ROLE_TRIAL, TRIAL_ID_TAG: trial_id, MAX_FIDELITY_TAG: str(max_steps),
             STATUS_TAG: RUNNING, DESIGN_TAG: design.describe(), FAMILY_TAG: design.family()}
+    if number is not None:
+        tags[TRIAL_NUMBER_TAG] = str(int(number))
     if preset:
         tags[PRESET_TAG] = preset
     if replicate:
         tags[DESIGN_KEY_TAG] = str(replicate["key"])
         tags[REPLICATE_TAG] = f"{int(replicate['index']) + 1}/{int(replicate['count'])}"
     return tags
+
+
+class ScoreName(NamedTuple):
+    """How the task score is named where users read it: `label` (BLEU, ROUGE-2, accuracy), `scale` (its unit and
+    range) and `column` (its trials.csv column)."""
+
+    label: str
+    scale: str
+    column: str
+
+    @property
+    def title(self) -> str:
+        """`accuracy (fraction correct, 0-1)`: an axis title or a table's basis line."""
+        return f"{self.label} ({self.scale})" if self.scale else self.label
+
+
+def score_name(metric: str | None) -> ScoreName:
+    """The name of a task metric's primary score (`petl.metric` on the parent); a search that recorded none, or a
+    metric this version does not know, keeps the generic `score`."""
+    from trainables.metrics import METRICS  # light: the scorers' libraries load on first use
+
+    m = METRICS.get(str(metric)) if metric else None
+    if m is None or not m.label:
+        return ScoreName("score", "task metric", "score")
+    return ScoreName(m.label, m.scale, m.primary.replace("_ro", ""))
 
 
 def count_metrics(fraction: float, counts: Mapping[str, Any]) -> dict[str, float]:

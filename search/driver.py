@@ -89,14 +89,19 @@ def open_search(p: SearchPlan, args: argparse.Namespace, client: Any, search_dir
     parent_id = parent_run(client, p.experiment, str(search_dir), {k: json.dumps(v) if not isinstance(v, str) else v
                                                                    for k, v in resolved.items()},
                            {"space.yaml": p.space.text, "run_config.json": json.dumps(resolved, indent=2,
-                                                                                       default=str)}, args.resume)
+                                                                                       default=str)}, args.resume,
+                           description=p.space.description)
     client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in reference_tags(p.reference, p.task.metric).items()])
     # The parent's plots and hypervolume history are refreshed at most every 30 s while the search runs (a refresh
     # costs ~1 s at a dozen trials, ~4 s at 1,000: per trial it dominated orchestration) and once at the end.
     outbox = search_dir / "tracking_outbox.json"  # MLflow records queued while the store is away (search/outbox.py)
     callback = MlflowSearchCallback(p.tracking_uri, parent_id, p.max_steps, str(search_dir / "report"),
-                                    refresh_every_s=30.0, num_samples=p.num_samples, outbox=str(outbox))
-    print(f"search {p.name!r}: {p.num_samples} trials of {p.task.name} from {p.space.path} ({args.seeds} seed"
+                                    refresh_every_s=30.0, num_samples=p.num_samples, outbox=str(outbox),
+                                    metric=p.task.metric)
+    from search.contract import score_name
+
+    print(f"search {p.name!r}: {p.num_samples} trials of {p.task.name}, scored by "
+          f"{score_name(p.task.metric).title}, from {p.space.path} ({args.seeds} seed"
           f"{'s' if args.seeds != 1 else ''} per design, {p.sampler_kind}) | {p.run.length}; evaluated "
           f"{p.run.interval}; rungs at {list(p.schedule.rungs) or 'none'} | MLflow run {parent_id} in "
           f"{p.tracking_uri}")

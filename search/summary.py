@@ -6,20 +6,25 @@ from typing import Any
 
 
 def front_table(df: Any) -> str:
-    """The Pareto-optimal designs, one line each: mean score over their seeds (± std), fraction, stored, design."""
+    """The Pareto-optimal designs, one line each: the trial, its mean task score over the seeds (± std) under the
+    metric's name, the stored fraction in percent, the stored parameters and the design."""
     from analysis.design import describe_design
     from analysis.groups import design_groups, group_front
+    from search.contract import score_name
 
     groups = design_groups(df)
     if groups.empty:
         return "no trial reached full fidelity, so there is no front yet"
-    lines = [f"{'score':>16}  {'fraction':>9}  {'stored':>11}  design"]
+    score = score_name(df.attrs.get("metric"))
+    lines = [f"{score.title}, of the selected checkpoint; fraction = stored parameters, % of the backbone's",
+             f"{'trial':>6}  {score.label:>16}  {'fraction':>9}  {'stored':>11}  design"]
     for g in groups[group_front(groups)].sort_values("fraction").to_dict("records"):
         row = df.iloc[g["row"]]
         design = " | ".join(describe_design(row.to_dict())) + (f"  [{g['preset']}]" if isinstance(g["preset"], str)
                                                               else "")
-        score = f"{g['score']:.4f}" + (f" ± {g['score_std']:.4f}" if g["n_seeds"] > 1 else "")
-        lines.append(f"{score:>16}  {100 * g['fraction']:>8.3f}%  {int(row['params.stored']):>11,}  {design}")
+        value = f"{g['score']:.4f}" + (f" ± {g['score_std']:.4f}" if g["n_seeds"] > 1 else "")
+        lines.append(f"{row['trial']:>6}  {value:>16}  {100 * g['fraction']:>8.3f}%  {int(row['params.stored']):>11,}"
+                     f"  {design}")
     return "\n".join(lines)
 
 
@@ -49,8 +54,7 @@ def finish(client: Any, parent_id: str, tracking_uri: str, report_dir: str, stat
     print(f"\n{len(df)} trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("finished", "stopped", "failed",
                                                                                    "skipped", "interrupted")
                                        if counts.get(s, 0) or s == "finished"))
-    print("Pareto-optimal designs (full fidelity; score of the selected checkpoint up, stored parameter fraction "
-          "down):")
+    print("Pareto-optimal designs (full fidelity; task score up, stored parameter fraction down):")
     print(front_table(df))
     print(f"\nPlots, CSV and summary: {report_dir}\nBrowse it: mlflow ui --backend-store-uri {tracking_uri}  "
           f"(parent run {parent_id})")

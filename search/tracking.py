@@ -103,17 +103,31 @@ def code_version() -> str:
         return "unknown"
 
 
-def parent_run(client: MlflowClient, experiment: str, search_dir: str, params: Mapping[str, Any],
-               artifacts: Mapping[str, str], resume: bool) -> str:
-    """The search's parent run: found again on resume (by its search folder), created otherwise."""
+def search_experiment(client: MlflowClient, experiment: str) -> str:
+    """The experiment's id, created if missing; marked as model development (`C.EXPERIMENT_KIND`) unless it already
+    has a kind, so MLflow 3 opens it on its runs instead of the GenAI traces overview."""
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    if exp is None:
+        return client.create_experiment(experiment, tags={C.EXPERIMENT_KIND_TAG: C.EXPERIMENT_KIND})
+    if C.EXPERIMENT_KIND_TAG not in exp.tags:  # a kind a user chose stays
+        client.set_experiment_tag(exp.experiment_id, C.EXPERIMENT_KIND_TAG, C.EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def parent_run(client: MlflowClient, experiment: str, search_dir: str, params: Mapping[str, Any],
+               artifacts: Mapping[str, str], resume: bool, description: str = "") -> str:
+    """The search's parent run: found again on resume (by its search folder), created otherwise. `description`
+    (the space's) becomes the run's MLflow description."""
+    exp_id = search_experiment(client, experiment)
     if resume:
         found = runs_where(client, [exp_id], {C.ROLE_TAG: C.ROLE_SEARCH, PARENT_KEY: search_dir})
         if found:
             client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
-    run = client.create_run(exp_id, run_name=Path(search_dir).name, tags=C.parent_tags(search_dir, code_version()))
+    tags = C.parent_tags(search_dir, code_version())
+    if description.strip():
+        tags[C.NOTE_TAG] = description.strip()
+    run = client.create_run(exp_id, run_name=Path(search_dir).name, tags=tags)
     run_id = run.info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     for name, text in artifacts.items():
@@ -142,8 +156,9 @@ class MlflowSearchCallback(Callback):
 
     def __init__(self, tracking_uri: str, parent_id: str, max_steps: int, report_dir: str,
                  refresh_every_s: float = 0.0, num_samples: int = 0, outbox: str | None = None,
-                 wait_at_end_s: float = 900.0) -> None:
+                 wait_at_end_s: float = 900.0, metric: str | None = None) -> None:
         self.tracking_uri, self.parent_id, self.max_steps = tracking_uri, parent_id, max_steps
+        self.score = C.score_name(metric)  # console lines name the task's score (BLEU, ROUGE-2, accuracy)
         self.num_samples, self.wait_at_end_s = num_samples, wait_at_end_s
         self.report_dir, self.refresh_every_s = report_dir, refresh_every_s
         self.outbox = Outbox(outbox, f"the MLflow tracking store at {tracking_uri}")
@@ -158,7 +173,9 @@ class MlflowSearchCallback(Callback):
         self._done: set[str] = set()  # trials whose final status is recorded
         self._refreshed = 0.0
         self._running: set[str] = set()
+        self._numbers: dict[str, int] = {}  # trial id -> trial number (C.trial_label), in start order
         self.counts = {C.FINISHED: 0, C.STOPPED: 0, C.FAILED: 0, C.SKIPPED: 0}
+        self._started, self._done_at_start = time.monotonic(), 0  # this driver's clock, for elapsed time and ETA
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks into tuner.pkl when the search starts
         state = dict(self.__dict__)
@@ -192,11 +209,14 @@ class MlflowSearchCallback(Callback):
             if trial_id is None:
                 continue
             self._runs[trial_id] = run.info.run_id
+            number = run.data.tags.get(C.TRIAL_NUMBER_TAG)
+            self._numbers[trial_id] = int(number) if number and number.isdigit() else len(self._numbers) + 1
             if state in self.counts:
                 self.counts[state] += 1
                 self._done.add(trial_id)
                 if state == C.FINISHED and C.SCORE in run.data.metrics:
                     self._front.append((C.objective(run.data.metrics), run.data.metrics[C.FRACTION]))
+        self._done_at_start = sum(self.counts.values())
 
     # -- writes: each one a JSON-able record, sent (or queued) in order ------------------------------------------
 
@@ -225,9 +245,11 @@ class MlflowSearchCallback(Callback):
             return
         parent = self.client.get_run(self.parent_id)
         design = DesignPoint.from_dict(cfg["design"])
+        number = int(op.get("number") or self.number(trial_id))
         tags = C.trial_tags(parent_id=self.parent_id, trial_id=trial_id, max_steps=self.max_steps, design=design,
-                            preset=cfg.get("preset"), replicate=cfg.get("replicate"))
-        run = self.client.create_run(parent.info.experiment_id, run_name=trial_id, tags=tags)
+                            preset=cfg.get("preset"), replicate=cfg.get("replicate"), number=number)
+        name = C.run_name(number, design, cfg.get("preset"), cfg.get("replicate"))
+        run = self.client.create_run(parent.info.experiment_id, run_name=name, tags=tags)
         run_id = self._runs[trial_id] = run.info.run_id
         self._steps[trial_id] = set()
         params = C.trial_params(design, cfg.get("train", {}))
@@ -259,9 +281,25 @@ class MlflowSearchCallback(Callback):
         if self.outbox.due():  # retry queued records (with backoff) while the search runs
             self.outbox.flush(self._send)
 
+    def number(self, trial_id: str) -> int:
+        """The trial's number in this search (1, 2, ... in start order; kept across --resume through its tag)."""
+        if trial_id not in self._numbers:
+            self._numbers[trial_id] = max(self._numbers.values(), default=0) + 1
+        return self._numbers[trial_id]
+
+    def label(self, trial: Any) -> str:
+        """`t003 lora_attn`: the trial's number and its design in short, as its MLflow run is named."""
+        cfg = trial.config
+        try:
+            return C.run_name(self.number(trial.trial_id), DesignPoint.from_dict(cfg["design"]), cfg.get("preset"),
+                              cfg.get("replicate"))
+        except (KeyError, TypeError, ValueError):  # a config without a design (never from our searchers)
+            return C.trial_label(self.number(trial.trial_id))
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._running.add(trial.trial_id)
-        self._write({"op": "open", "trial": trial.trial_id, "config": trial.config, "time": _now_ms()})
+        self._write({"op": "open", "trial": trial.trial_id, "config": trial.config, "time": _now_ms(),
+                     "number": self.number(trial.trial_id)})
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._last[trial.trial_id] = result
@@ -272,8 +310,9 @@ class MlflowSearchCallback(Callback):
 
     def _finish(self, trial: Any, state: str, result: Mapping[str, Any] | None, reason: str | None) -> None:
         fidelity = int((result or {}).get("step", 0))
-        # reused_from: an identical config's result, not trained again
-        tags = C.final_tags(state, fidelity, reason, (result or {}).get("reused_from"))
+        # reused_from: an identical config's result, not trained again; named by that trial's id (t001)
+        reused = (result or {}).get("reused_from")
+        tags = C.final_tags(state, fidelity, reason, self._reused_label(reused) if reused else None)
         # Closed before the report refresh: the report orders trials by end time.
         self._write({"op": "close", "trial": trial.trial_id, "state": state, "tags": tags, "time": _now_ms()})
         again = trial.trial_id in self._done  # recorded before a driver kill, then run again by --resume
@@ -284,18 +323,50 @@ class MlflowSearchCallback(Callback):
                 self._front.append((C.objective(result), float(trial.config["fraction"])))
         self._running.discard(trial.trial_id)
         self._refresh()
-        self._progress(trial, state, result, again)
+        self._progress(trial, state, result, again, reason)
 
-    def _progress(self, trial: Any, state: str, result: Mapping[str, Any] | None, again: bool = False) -> None:
+    def _outcome_words(self, state: str, result: Mapping[str, Any] | None, reason: str | None) -> str:
+        """What became of the trial: its score, or where it stopped and what it scored there, or why it failed."""
+        name, r = self.score.label, result or {}
+        if state == C.FINISHED and result:
+            words = f"{name} {C.objective(result):.4f}"
+            if r.get(C.SELECTED_STEP) is not None and int(r[C.SELECTED_STEP]) != int(r.get("step", -1)):
+                words += f" (selected step {int(r[C.SELECTED_STEP])})"
+            return words
+        if state == C.STOPPED:
+            words = f"at step {int(r.get('step', 0))}/{self.max_steps}"
+            return words + (f", last {name} {float(r[C.SCORE]):.4f}" if isinstance(r.get(C.SCORE), (int, float))
+                            else ", before its first evaluation")
+        if state == C.FAILED and reason:
+            return f"at step {int(r.get('step', 0))}: {reason[:120]}"
+        return ""
+
+    def _timing(self, done: int) -> str:
+        """Elapsed time of this driver and the time left at the pace of the trials it has ended so far."""
+        elapsed = time.monotonic() - self._started
+        here, left = done - self._done_at_start, max(self.num_samples - done, 0)
+        words = f"elapsed {_duration(elapsed)}"
+        if left == 0:
+            return words
+        if here <= 0:
+            return words + ", time left: not estimable before a trial ends"
+        pace = elapsed / here  # wall time per ended trial, concurrency included
+        return words + (f", about {_duration(pace * left)} left ({left} trials at this run's pace, one per "
+                        f"{_duration(pace)})")
+
+    def _progress(self, trial: Any, state: str, result: Mapping[str, Any] | None, again: bool = False,
+                  reason: str | None = None) -> None:
         import numpy as np
 
         from analysis.pareto import pareto_mask
 
         done = sum(self.counts.values())
-        line = (f"[{done}/{self.num_samples}] {trial.trial_id} {state}"
+        outcome_words = self._outcome_words(state, result, reason)
+        line = (f"[{done}/{self.num_samples}] {self.label(trial)} {state}"
+                + (f" {outcome_words}" if outcome_words else "")
                 + (" (already recorded before the restart)" if again else "")
-                + (f" score {C.objective(result):.4f}" if state == C.FINISHED and result else "")
-                + (f" (reused from {result['reused_from']})" if result and result.get("reused_from") else "")
+                + (f" (reused from {self._reused_label(result['reused_from'])})"
+                   if result and result.get("reused_from") else "")
                 + f" @ {100 * float(trial.config['fraction']):.3f}% | {len(self._running)} running, "
                 + ", ".join(f"{v} {k}" for k, v in self.counts.items() if v))
         if self.outbox.ops:
@@ -303,8 +374,13 @@ class MlflowSearchCallback(Callback):
         if self._front:
             scores, fractions = np.array(self._front).T
             best = scores.max()
-            line += f" | front: {int(pareto_mask(scores, fractions).sum())} designs, best score {best:.4f}"
-        print(line, flush=True)
+            line += (f" | front: {int(pareto_mask(scores, fractions).sum())} designs, best {self.score.label} "
+                     f"{best:.4f}")
+        print(line + f" | {self._timing(done)}", flush=True)
+
+    def _reused_label(self, trial_id: str) -> str:
+        number = self._numbers.get(str(trial_id))
+        return C.trial_label(number) if number is not None else str(trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = self._last.get(trial.trial_id) or trial.last_result
@@ -342,6 +418,18 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _duration(seconds: float) -> str:
+    """45s, 3m12s, 2h05m, 3d04h."""
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
 def _missing_run(trial_id: str) -> Exception:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
@@ -362,4 +450,6 @@ def close_interrupted(client: Any, parent_id: str) -> list[str]:
     for run in runs:
         client.set_tag(run.info.run_id, C.STATUS_TAG, C.INTERRUPTED)
         client.set_terminated(run.info.run_id, C.MLFLOW_STATUS[C.INTERRUPTED])
-    return [r.data.tags.get(C.TRIAL_ID_TAG, r.info.run_id) for r in runs]
+    # By the name users see (`t003 lora_attn`); a run from before trial numbers by its Ray trial id.
+    return [r.info.run_name if C.TRIAL_NUMBER_TAG in r.data.tags else r.data.tags.get(C.TRIAL_ID_TAG, r.info.run_id)
+            for r in runs]

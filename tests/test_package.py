@@ -42,7 +42,8 @@ def test_every_data_file_matches_a_package_data_pattern() -> None:
                                                 ("petl-report", "analysis.report:main"),
                                                 ("petl-count", "trainables.count:main"),
                                                 ("petl-trial", "trainables.trial:main"),
-                                                ("petl-submit", "search.submit:main")])
+                                                ("petl-submit", "search.submit:main"),
+                                                ("petl-export", "trainables.export:main")])
 def test_console_scripts_are_the_module_commands(script: str, target: str) -> None:
     assert PYPROJECT["project"]["scripts"][script] == target
     module, func = target.split(":")

@@ -186,7 +186,9 @@ def test_a_config_already_trained_to_full_fidelity_is_reused_not_retrained(tmp_p
     assert [r.data.tags["petl.status"] for r in runs] == ["finished"] * 3
     first = runs[0].data.tags["petl.trial_id"]
     assert "petl.reused_from" not in runs[0].data.tags
-    assert [r.data.tags.get("petl.reused_from") for r in runs[1:]] == [first, first]
+    # named by the trial id users see, as the run names are
+    assert [r.info.run_name for r in runs] == ["t001 scaled PA r=2", "t002 scaled PA r=2", "t003 scaled PA r=2"]
+    assert [r.data.tags.get("petl.reused_from") for r in runs[1:]] == ["t001", "t001"]
     assert {r.data.metrics["score"] for r in runs} == {runs[0].data.metrics["score"]}
     trained = sorted(p.parent.name for p in (tmp_path / "runs" / "dup" / "trials").glob("*/petl.safetensors"))
     assert trained == [first]  # trained once

@@ -166,7 +166,10 @@ def test_search_end_closes_children_left_running_as_interrupted(tmp_path: Path) 
     done = client.create_run(exp, tags={**tags, "petl.trial_id": "a", "petl.status": "finished"}).info.run_id
     client.set_terminated(done, "FINISHED")
     orphan = client.create_run(exp, tags={**tags, "petl.trial_id": "b", "petl.status": "running"}).info.run_id
-    assert close_interrupted(client, parent) == ["b"]
+    named = client.create_run(exp, run_name="t003 lora_attn", tags={**tags, "petl.trial_id": "c", "petl.status":
+                                                                    "running", "petl.trial_number": "3"}).info.run_id
+    assert sorted(close_interrupted(client, parent)) == ["b", "t003 lora_attn"]  # the name users see, where it has one
+    assert client.get_run(named).info.status == "KILLED"
     assert client.get_run(orphan).info.status == "KILLED"
     assert client.get_run(orphan).data.tags["petl.status"] == "interrupted"
     assert client.get_run(done).info.status == "FINISHED" and close_interrupted(client, parent) == []

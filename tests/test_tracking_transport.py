@@ -200,7 +200,7 @@ def test_records_written_while_the_store_is_away_are_logged_once_it_is_back(
     assert [(m.step, m.value) for m in history] == [(5, 0.5), (10, 0.75)]
     assert [m.step for m in search.client.get_metric_history(found["b"].info.run_id, "score")] == [5]
     out = capsys.readouterr().out
-    assert "[1/3] a finished score 0.7500" in out and "record(s) queued for tracking" in out
+    assert "[1/3] t001 PA r=2 finished score 0.7500" in out and "record(s) queued for tracking" in out
     assert "is back after" in out and "4 queued record(s) logged" in out
 
 
@@ -226,8 +226,9 @@ def test_a_resumed_search_continues_its_count_and_logs_no_step_twice(
     resumed.on_trial_result(0, [], c, result(10, 0.6))
     resumed.on_trial_complete(0, [], c)
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("[2/3] b finished (already recorded before the restart) score 0.7500")  # not [1/3]
-    assert out[1].startswith("[3/3] c finished score 0.6000")
+    # not [1/3]; each trial keeps the number it started with (read back from its run's tag)
+    assert out[0].startswith("[2/3] t002 PA r=2 finished score 0.7500 (already recorded before the restart)")
+    assert out[1].startswith("[3/3] t003 PA r=2 finished score 0.6000")
     found = runs(search)
     for tid in ("a", "b", "c"):
         steps = [m.step for m in search.client.get_metric_history(found[tid].info.run_id, "score")]

@@ -155,6 +155,8 @@ class Metric:
     fn: Callable[[Sequence[Any], Sequence[Any]], dict[str, float]]
     primary: str
     scores: tuple[str, ...]  # the keys `fn` returns (a recipe may select checkpoints on any of them)
+    label: str = ""  # the primary score's name as papers print it (BLEU, ROUGE-2, accuracy)
+    scale: str = ""  # its unit and range, for axis titles and table headers
     higher_is_better: bool = True
 
     def __call__(self, predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
@@ -162,13 +164,15 @@ class Metric:
 
 
 METRICS: dict[str, Metric] = {
-    BLEU_NAME: Metric(BLEU_NAME, lambda p, r: {"bleu": bleu(list(p), list(r))}, primary="bleu", scores=("bleu",)),
+    BLEU_NAME: Metric(BLEU_NAME, lambda p, r: {"bleu": bleu(list(p), list(r))}, primary="bleu", scores=("bleu",),
+                      label="BLEU", scale="sacreBLEU, 0-100"),
     BLEU_RO_NAME: Metric(BLEU_RO_NAME, lambda p, r: {"bleu_ro": bleu_ro(list(p), list(r))}, primary="bleu_ro",
-                         scores=("bleu_ro",)),
+                         scores=("bleu_ro",), label="BLEU", scale="mBART en-ro protocol, 0-100"),
     # The paper selects XSum checkpoints on ROUGE-2.
-    ROUGE_NAME: Metric(ROUGE_NAME, lambda p, r: rouge(list(p), list(r)), primary="rouge2", scores=ROUGE_KEYS),
+    ROUGE_NAME: Metric(ROUGE_NAME, lambda p, r: rouge(list(p), list(r)), primary="rouge2", scores=ROUGE_KEYS,
+                        label="ROUGE-2", scale="F1, 0-100"),
     ACCURACY_NAME: Metric(ACCURACY_NAME, lambda p, r: {"accuracy": accuracy(p, r)}, primary="accuracy",
-                          scores=("accuracy",)),
+                          scores=("accuracy",), label="accuracy", scale="fraction correct, 0-1"),
 }
 
 
