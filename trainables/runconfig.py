@@ -74,7 +74,7 @@ class RunConfig:
             raise ValueError(f"settings {unexpected} were not declared as sampled when the run was resolved "
                              f"(sampled: {list(self.sampled)})")
         kinds = field_kinds()
-        values = {k: coerce(_type_name(kinds[k]), v, k) for k, v in sampled.items()}
+        values = {k: coerce(setting_type(kinds[k]), v, k) for k, v in sampled.items()}
         return dataclasses.replace(self.train, **values, out_dir=out_dir)
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,7 +134,7 @@ def merge_layers(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[dict[
             for k in group if given else ():
                 values.pop(k, None), origin.pop(k, None)
         for key, value in layer.items():
-            values[key] = coerce(_type_name(kinds[key]), value, key)
+            values[key] = coerce(setting_type(kinds[key]), value, key)
             check_setting(key, values[key])
             origin[key] = name
     for key in EPOCH_KEYS:
@@ -143,7 +143,7 @@ def merge_layers(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[dict[
     return values, origin
 
 
-def _type_name(kind: tuple[str, bool]) -> str:
+def setting_type(kind: tuple[str, bool]) -> str:
     base = {"pair": "tuple[float, float]"}.get(kind[0], kind[0])
     return f"{base} | None" if kind[1] else base
 
@@ -164,7 +164,7 @@ def _check_sampled(sampled: Mapping[str, Sequence[Any]], values: Mapping[str, An
                              "each trial would have a different number of steps; fix it, or set max_steps and "
                              "eval_every")
         for value in candidates:
-            check_setting(key, coerce(_type_name(kinds[key]), value, f"train.{key}"))
+            check_setting(key, coerce(setting_type(kinds[key]), value, f"train.{key}"))
 
 
 def plan_data(task: Task, data_dir: str | None, train_limit: int | None, eval_cap: int | None,
@@ -224,4 +224,4 @@ def _per_epoch_words(values: Mapping[str, Any], rows: int, world: int) -> str:
 
 
 __all__ = ["DataPlan", "RunConfig", "merge_layers", "plan_data", "recipe_settings", "resolve_run", "setting_kinds",
-           "steps_per_epoch"]
+           "setting_type", "steps_per_epoch"]
