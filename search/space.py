@@ -377,7 +377,7 @@ def parse_space(raw: Any, origin: str = "<space>", text: str = "") -> SearchSpac
     _check_types(raw)
     sites: dict[Representation, dict[str, Dim]] = {}
     for name, opts in (raw.get("sites") or {}).items():
-        rep = Representation.parse(name, "site")
+        rep = Representation.parse(name, "a site name under sites")
         if not isinstance(opts, Mapping) or "form" not in opts:
             raise ValueError(f"site {name}: give a mapping of options with at least 'form', got {short(opts)}")
         bad = sorted(map(str, set(opts) - set(SITE_OPTIONS)))
@@ -445,7 +445,7 @@ def _ties(groups: list, sites: dict[Representation, dict[str, Dim]]) -> dict[Rep
     for group in groups:
         if not isinstance(group, list):
             raise ValueError(f"tie is a list of groups of sites, e.g. [[query, value]], got the group {short(group)}")
-        reps = sorted({Representation.parse(g, "tie") for g in group}, key=SITES.index)  # leader: sampled first
+        reps = sorted({Representation.parse(g, "a site in tie") for g in group}, key=SITES.index)  # leader: sampled first
         missing = [r.value for r in reps if r not in sites]
         if len(reps) < 2 or missing:
             raise ValueError(f"tie groups need >= 2 sites listed under sites, got {short(group)} (missing {missing})")
