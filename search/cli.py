@@ -15,7 +15,7 @@ import argparse
 import os
 import secrets
 
-from trainables.cost import DEFAULT_GPU, DEFAULT_UTILIZATION
+from trainables.gpus import DEFAULT_GPU, DEFAULT_UTILIZATION
 
 DEFAULT_SPACE = "smoke"
 
@@ -120,9 +120,12 @@ def execute(args: argparse.Namespace) -> int:
         os.environ.setdefault(key, value)
     if args.address is None:
         private_ray_token()
-    from search.driver import SearchError, run_search
+    from search.names import SearchError, check_name
 
     try:
+        check_name(args)  # before the heavy imports: a name collision is answered in well under a second
+        from search.driver import run_search
+
         return run_search(args)
     except SearchError as err:
         print(f"error: {err}")

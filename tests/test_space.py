@@ -28,7 +28,7 @@ def space_file(tmp_path: Path, data: dict) -> Path:
     ("data", "message"),
     [
         ({"sites": {"ffn": FFN}, "budget": 3}, r"unknown space key\(s\) \['budget'\]; expected some of"),
-        ({"sites": {"fnn": FFN}}, r"site must be one of \['head_attn', 'attn', 'ffn', 'query'.*got 'fnn'"),
+        ({"sites": {"fnn": FFN}}, r"a site name under sites must be one of \['head_attn', 'attn', 'ffn', 'query'.*got 'fnn'"),
         ({"sites": {"ffn": {**FFN, "rank": 4}}}, r"site ffn: unknown option\(s\) \['rank'\]"),
         ({"sites": {"ffn": {"form": ["relu"]}}}, r"site ffn: a budget 'size' \(l or r\) is required"),
         ({"sites": {"ffn": {**FFN, "size": []}}}, r"space key ffn.size: an empty list of choices leaves nothing"),
