@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from search.hub import check_available
 from search.names import SearchError, default_name, search_name, storage_folder
 from search.preflight import check_data_dir, check_flags, check_local_resources, check_model_fits, model_phrase
 from search.rungs import rung_steps
@@ -108,7 +109,7 @@ class SearchPlan:
 
 def plan(args: argparse.Namespace) -> SearchPlan:
     """Resolve and check everything; raises SearchError (one line) on bad input."""
-    from trainables.models import config_for
+    from trainables.models import config_for, resolve_model_path
 
     resolve_study_flags(args)
     check_flags(args)
@@ -125,6 +126,8 @@ def plan(args: argparse.Namespace) -> SearchPlan:
                           world=args.workers_per_trial)
         model_config = config_for(run.task, run.train.model)
         check_model_fits(run.task, model_config, model_phrase(args.model, space.model, space.path, run.task))
+        if not getattr(args, "dry_run", False):  # a plan may be read anywhere; a search needs weights and data here
+            check_available(run.task, resolve_model_path(run.task, run.train.model), args.data_dir)
         _check_lengths(run, model_config, sampled)  # before Ray starts
         schedule = _schedule(args, run)
         space = dataclasses.replace(space, train=sampled)  # fixed settings live in `run`; the sampler samples the rest
