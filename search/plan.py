@@ -227,4 +227,4 @@ def _schedule(args: argparse.Namespace, run: RunConfig) -> Schedule:
                     bands_per_decade=args.bands_per_decade, rungs=rungs)
 
 
-__all__ = ["SearchError", "SearchPlan", "Schedule", "SpaceSampler", "TrialContext", "plan", "storage_folder"]
+__all__ = ["Schedule", "SearchError", "SearchPlan", "SpaceSampler", "TrialContext", "plan", "storage_folder"]

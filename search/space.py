@@ -24,9 +24,9 @@ from typing import Any
 
 from search.yamlsafe import load_yaml, short
 from trainables.config import check_setting, coerce
-from trainables.runconfig import setting_type, setting_kinds
 from trainables.design import NONE, SITES, DesignPoint, Representation
 from trainables.presets import get_preset
+from trainables.runconfig import setting_kinds, setting_type
 
 SITE_OPTIONS = ("form", "composition", "scale", "learn_scale", "insertion", "layernorm", "init", "size", "dropout",
                 "prefix_mlp")  # sampling order: a choice may depend only on those before it

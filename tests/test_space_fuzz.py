@@ -51,8 +51,12 @@ TEXT_MUTATIONS = {
     "deep nesting": lambda t, r: t + "prompt_length: " + "[" * 1000 + "]" * 1000 + "\n",
     "deep mapping": lambda t, r: t + "prompt_length: " + "{a: " * 1000 + "1" + "}" * 1000 + "\n",
     "truncated": lambda t, r: t[: r.randrange(1, len(t))],
-    "stray character": lambda t, r: (lambda i: t[:i] + r.choice(":[]{}&*!|>'\"%@`\t-") + t[i:])(r.randrange(len(t))),
+    "stray character": lambda t, r: insert_at(t, r.randrange(len(t)), r.choice(":[]{}&*!|>'\"%@`\t-")),
 }
+
+
+def insert_at(text: str, i: int, char: str) -> str:
+    return text[:i] + char + text[i:]
 
 
 def paths(node: Any, prefix: tuple = ()) -> list[tuple]:
