@@ -16,11 +16,10 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from search import contract as C
+if TYPE_CHECKING:  # pandas and the tracking contract load after the arguments are parsed: --help stays instant
+    import pandas as pd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +41,11 @@ def _plain(v: Any) -> Any:
 
 def front_configs(df: pd.DataFrame) -> list[dict[str, Any]]:
     """The Pareto-optimal designs of a loaded search as trial configs {design, train, preset} (seed left out)."""
+    import pandas as pd
+
     from analysis.design import train_columns
     from analysis.groups import design_groups, group_front
+    from search import contract as C
 
     groups = design_groups(df)
     if groups.empty:

@@ -57,11 +57,11 @@ def test_the_description_names_minilm_and_storage_promises_no_uri() -> None:
     assert "folder or URI" not in text and "other URIs such as s3:// are refused" in text
 
 
-@pytest.mark.parametrize("module", ["search.cli", "trainables.count", "trainables.trial"])
+@pytest.mark.parametrize("module", ["search.cli", "trainables.count", "trainables.trial", "search.reevaluate"])
 def test_help_imports_no_torch(module: str) -> None:
     """What made `--help` take seconds: torch and transformers imported before the arguments were parsed."""
     code = (f"import sys; from {module} import build_parser; build_parser().format_help(); "
-            "print(sorted(m for m in ('torch', 'transformers', 'ray', 'mlflow') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'transformers', 'ray', 'mlflow', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
