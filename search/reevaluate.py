@@ -63,7 +63,6 @@ def front_configs(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from analysis.load import SearchNotFoundError, TrackingUnreachableError, load_search, make_client
     from search.cli import build_parser as search_parser
     from search.cli import execute
 
@@ -72,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if not own.source and not own.from_run:
         parser.error("give --from EXPERIMENT or --from-run ID: the search whose front to re-evaluate")
     args = search_parser().parse_args(rest)
+    from analysis.load import SearchNotFoundError, TrackingUnreachableError, load_search, make_client
     try:
         client = make_client(own.from_tracking_uri or args.tracking_uri)
         df = load_search(own.source, own.from_run, client=client)

@@ -1,5 +1,5 @@
 """Help that answers a user's questions (issue 16, item 8): defaults, the --set keys with their defaults, what
---data-dir must hold per task, MiniLM named, --storage's real rule; the three commands' --help never imports torch;
+--data-dir must hold per task, MiniLM named, --storage's real rule; the commands' --help imports no torch;
 petl-count takes the flags and the 'minilm' alias the other commands take."""
 
 from __future__ import annotations
