@@ -5,7 +5,8 @@ parameter fraction down) under Ray Tune, with early stopping that ranks trials b
 run for the search and a child run per trial, with the Pareto plots on the parent. Training settings come from the
 task's recipe, then the space's fixed `train:` values, then --set. `--dry-run` resolves and checks all of it and
 prints the plan (data, steps, evaluation, rungs, resources, cost) without starting anything. With no arguments it runs
-the smoke space on a generated task with a tiny model: local Ray, a local SQLite MLflow store, nothing downloaded.
+the smoke space on a generated sentiment task (toy-cls) with the pretrained MiniLM (all-MiniLM-L6-v2, shipped by a
+PyPI package): local Ray, a local SQLite MLflow store, nothing downloaded, about 30 s on two cores.
 (`python search/run.py` is the same command from a checkout.)
 """
 
@@ -15,17 +16,40 @@ import argparse
 import os
 import secrets
 
-from trainables.cost import DEFAULT_GPU, DEFAULT_UTILIZATION
+from trainables.gpus import DEFAULT_GPU, DEFAULT_UTILIZATION
 
 DEFAULT_SPACE = "smoke"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each flag's default unless its help already says it (or there is none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def epilog() -> str:
+    """What --set accepts (with each setting's default from the run configuration) and what --data-dir must hold per
+    task, both derived from the code that reads them (trainables.runconfig, trainables.tasks)."""
+    from trainables.runconfig import settings_help
+    from trainables.tasks import data_help, get_task, task_names
+
+    sets = "\n".join(f"  {line}" for line in settings_help())
+    data = "\n".join(f"  {name}: {data_help(get_task(name))}" for name in task_names() if not get_task(name).generated)
+    return (f"--set KEY=VALUE (also a space's train: key); default = the task's recipe, or the setting's own:\n{sets}\n\n"
+            f"--data-dir DIR must hold, per task (the first existing name wins):\n{data}\n"
+            "Without --data-dir a task reads its Hugging Face dataset (the cache, or the hub unless HF_HUB_OFFLINE=1).")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from search.outcome import exit_code_table
 
-    p = argparse.ArgumentParser(prog="petl-search", description=__doc__, epilog=exit_code_table() + "\n\nOn a "
-                                "cluster (an existing Ray cluster, SLURM, Ray jobs): docs/cluster.md and "
-                                "petl-submit --help.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="petl-search", description=__doc__, formatter_class=HelpFormatter,
+                                epilog=epilog() + "\n\n" + exit_code_table() + "\n\nOn a cluster (an existing Ray "
+                                "cluster, SLURM, Ray jobs): docs/cluster.md and petl-submit --help.")
     a = p.add_argument_group("what to search")
     a.add_argument("--space", default=DEFAULT_SPACE,
                    help="YAML design space: a file, or a shipped space by name (full, paper, smoke; schema in "
@@ -34,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the space's own task)")
     a.add_argument("--model", default=None, help="checkpoint folder or hub name ('minilm' = the packaged MiniLM); "
                    "default: the task's checkpoint (a tiny random model for toy tasks)")
-    a.add_argument("--data-dir", default=None, help="local files in the task's format instead of the hub")
+    a.add_argument("--data-dir", default=None, metavar="DIR", help="local files in the task's format instead of the "
+                   "hub: the file names and columns per task are listed at the end")
     a.add_argument("--num-samples", type=int, default=None, help="designs to evaluate, presets included (default 8; "
                    "each is trained under --seeds seeds); a study (--sampler grid) trains all it lists instead")
     a.add_argument("--seeds", type=int, default=1, help="replicate training seeds per design (the resolved training "
@@ -42,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "never a searched value")
     a.add_argument("--max-param-fraction", type=float, default=None,
                    help="hard budget: designs storing more than this fraction of the backbone are never trained; "
-                   "the sampler is told they are infeasible and draws again, so every trial is within the budget")
+                   "the sampler is told they are infeasible and draws again, so every trial is within the budget "
+                   "(default: no budget)")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a training setting for every trial, over the recipe and the space, e.g. --set "
-                   "max_steps=2000 or --set epochs=3 (repeatable)")
+                   "max_steps=2000 or --set epochs=3 (repeatable; every KEY and its default are listed at the end)")
     s = p.add_argument_group("how to search")
     s.add_argument("--sampler", choices=["tpe", "nsga2", "grid"], default="tpe",
                    help="Optuna's multi-objective sampler (tpe, nsga2), or 'grid': a study that trains every "
@@ -76,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers-per-trial", type=int, default=1,
                    help="> 1: each trial is a Ray Train DeepSpeed job with this many workers")
     r.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial before it is failed")
-    r.add_argument("--storage", default="petl_runs", help="folder or URI for trial state, reachable by every node")
+    r.add_argument("--storage", default="petl_runs", help="folder for trial state and checkpoints, reachable by every "
+                   "node (local disk on one machine; NFS or a mounted bucket on a cluster; file:// is accepted, other "
+                   "URIs such as s3:// are refused: mount the bucket)")
     r.add_argument("--name", default=None, help="search name (default: <space>-<dataset>); --resume needs it")
     r.add_argument("--resume", action="store_true", help="continue the interrupted search of this --name")
     t = p.add_argument_group("tracking")
@@ -86,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dry-run", action="store_true", help="resolve and check everything, print the plan and its "
                    "cost, and start nothing (no Ray, no weights, no training, no tracking)")
     d.add_argument("--json", action="store_true", help="with --dry-run: print the plan as one JSON object")
-    d.add_argument("--gpu", default=DEFAULT_GPU, help=f"GPU the cost estimate assumes (default {DEFAULT_GPU})")
+    d.add_argument("--gpu", default=DEFAULT_GPU, help="GPU the cost estimate assumes")
     d.add_argument("--utilization", type=float, default=DEFAULT_UTILIZATION, help="fraction of the GPU's peak "
                    f"FLOP/s the cost estimate assumes (default {DEFAULT_UTILIZATION}, what the paper's en-ro run "
                    "achieved)")
@@ -127,9 +155,12 @@ def execute(args: argparse.Namespace) -> int:
         os.environ.setdefault(key, value)
     if args.address is None:
         private_ray_token()
-    from search.driver import SearchError, run_search
+    from search.names import SearchError, check_name
 
     try:
+        check_name(args)  # before the heavy imports: a name collision is answered in well under a second
+        from search.driver import run_search
+
         return run_search(args)
     except SearchError as err:
         print(f"error: {err}")

@@ -10,6 +10,7 @@ import argparse
 import json
 from typing import Any
 
+from search.names import check_name
 from search.plan import SearchError, SearchPlan, SpaceSampler, plan
 from search.space import preset_params
 
@@ -47,14 +48,9 @@ def run_search(args: argparse.Namespace) -> int:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*experimental.*")
+    check_name(args)  # first: a name collision costs no planning (search/names.py)
     p = plan(args)  # resolves the study flags too (search.plan.resolve_study_flags)
     search_dir = p.storage / p.name
-    if args.resume and not (search_dir / "tuner.pkl").exists():
-        raise SearchError(f"--resume: no interrupted search named {p.name!r} under {p.storage}; check --name and "
-                          "--storage, or drop --resume to start it")
-    if not args.resume and search_dir.exists() and any(search_dir.iterdir()):
-        raise SearchError(f"a search named {p.name!r} already exists under {p.storage}; pass --resume to continue "
-                          "it or --name to start another")
     if args.dry_run:
         from search.dryrun import print_plan
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from search.hub import check_available
+from search.names import SearchError, default_name, search_name, storage_folder
+from search.preflight import check_data_dir, check_flags, check_local_resources, check_model_fits, model_phrase
 from search.rungs import rung_steps
 from search.space import BranchWalker, SearchSpace, load_space
 from search.studyplan import grid_configs, planned_trials, replicate_seeds
@@ -21,11 +24,7 @@ from trainables.config import parse_overrides
 from trainables.counting import count_params
 from trainables.presets import load_presets
 from trainables.runconfig import RunConfig, resolve_run
-from trainables.tasks import Task
-
-
-class SearchError(ValueError):
-    """Bad input to a search, reported as one line before any compute is spent."""
+from trainables.tasks import Task, get_task
 
 
 class SpaceSampler:
@@ -108,61 +107,41 @@ class SearchPlan:
         return self.run.train.max_steps
 
 
-def storage_folder(storage: str) -> Path:
-    """A folder every node can reach (local disk for one machine, NFS or a mounted bucket for a cluster).
-
-    Trials write their PETL checkpoints and resume state with plain file I/O next to Ray's experiment state, so
-    object-store URIs are refused rather than half-supported: mount the bucket and pass the mount point.
-    """
-    if storage.startswith("file://"):
-        storage = storage.removeprefix("file://")
-    elif "://" in storage:
-        raise SearchError(f"--storage must be a folder reachable by every node (e.g. an NFS mount), got the URI "
-                          f"{storage!r}; mount the bucket (s3fs, gcsfuse) and pass the mount point")
-    return Path(storage).expanduser().resolve()
-
-
-def search_name(name: str) -> str:
-    """A search is one folder directly inside --storage: a name that is a path is refused (`../x` would write beside
-    the storage folder, an absolute name would replace it)."""
-    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
-        raise SearchError(f"--name must be a single folder name inside --storage (no '/', '\\', or '..'), got "
-                          f"{name!r}; choose the folder with --storage and the search with --name")
-    return name
-
-
 def plan(args: argparse.Namespace) -> SearchPlan:
     """Resolve and check everything; raises SearchError (one line) on bad input."""
-    from trainables.models import check_lengths, config_for
+    from trainables.models import config_for, resolve_model_path
 
     resolve_study_flags(args)
+    check_flags(args)
     try:
         space = load_space(args.space)
-        task_name = args.dataset or space.task or "toy-cls"
+        task = get_task(args.dataset or space.task or "toy-cls")
+        check_data_dir(task, args.data_dir)
         overrides = parse_overrides(args.set)
         fixed = {k: d.values[0] for k, d in space.train.items() if d.kind == "fixed"}
         # --set wins over the space: a setting it fixes is no longer sampled
         sampled = {k: d for k, d in space.train.items() if d.kind != "fixed" and k not in overrides}
-        run = resolve_run(task_name, model=args.model or space.model, data_dir=args.data_dir, space=fixed,
+        run = resolve_run(task.name, model=args.model or space.model, data_dir=args.data_dir, space=fixed,
                           overrides=overrides, sampled={k: _candidates(d) for k, d in sampled.items()},
                           world=args.workers_per_trial)
         model_config = config_for(run.task, run.train.model)
-        check_lengths(run.task, model_config, run.train.max_length, run.train.max_target_length)  # before Ray starts
+        check_model_fits(run.task, model_config, model_phrase(args.model, space.model, space.path, run.task))
+        if not getattr(args, "dry_run", False):  # a plan may be read anywhere; a search needs weights and data here
+            check_available(run.task, resolve_model_path(run.task, run.train.model), args.data_dir)
+        _check_lengths(run, model_config, sampled)  # before Ray starts
         schedule = _schedule(args, run)
-        if (args.num_samples is not None and args.num_samples < 1) or args.concurrency < 1:
-            raise SearchError(f"--num-samples and --concurrency must be >= 1, got {args.num_samples}, "
-                              f"{args.concurrency}")
         space = dataclasses.replace(space, train=sampled)  # fixed settings live in `run`; the sampler samples the rest
         sampler = SpaceSampler(space, model_config, run.task.kind)
         sampler(BranchWalker([]))  # prices one design now: the model family must fit, and the meta statistics build
         seeds = replicate_seeds(args.seeds, run.train.seed)
         study = study_configs(args, space, sampler)
-    except (ValueError, OSError) as err:  # OSError: a missing or unreadable data file, named in its message
+    except (ValueError, OSError) as err:  # OSError: a data file that is missing or unreadable
         raise SearchError(str(err)) from None
+    check_local_resources(args)
     best_lr = bool(getattr(args, "seeds_at_best_lr", False))
     # Ray trials in all: designs x replicate seeds (a study: what it lists)
     trials = planned_trials(study, len(seeds), best_lr) if study is not None else (args.num_samples or 8) * len(seeds)
-    name = search_name(args.name or f"{Path(args.space).stem}-{run.task.name}")
+    name = search_name(args.name or default_name(args.space, run.task.name))
     storage = storage_folder(args.storage)
     trial = TrialContext(run=run, trials_dir=str(storage / name / "trials"), results_dir=str(storage / name / "results"),
                          storage=str(storage), max_param_fraction=args.max_param_fraction,
@@ -174,6 +153,15 @@ def plan(args: argparse.Namespace) -> SearchPlan:
                       max_failures=args.max_failures, address=args.address, sampler_kind=args.sampler, seed=args.seed,
                       reference=task_reference(run.task, run.train), seeds=tuple(seeds),
                       study=tuple(study) if study is not None else None, best_lr=best_lr)
+
+
+def _check_lengths(run: RunConfig, config: Any, sampled: dict[str, Any]) -> None:
+    """The resolved lengths, and the longest a sampled max_length / max_target_length can draw, fit the model."""
+    from trainables.models import check_lengths
+
+    longest = {k: max(_candidates(sampled[k])) if k in sampled else getattr(run.train, k)
+               for k in ("max_length", "max_target_length")}
+    check_lengths(run.task, config, longest["max_length"], longest["max_target_length"])
 
 
 def _candidates(dim: Any) -> tuple[Any, ...]:
@@ -239,4 +227,4 @@ def _schedule(args: argparse.Namespace, run: RunConfig) -> Schedule:
                     bands_per_decade=args.bands_per_decade, rungs=rungs)
 
 
-__all__ = ["SearchError", "SearchPlan", "Schedule", "SpaceSampler", "TrialContext", "plan", "storage_folder"]
+__all__ = ["Schedule", "SearchError", "SearchPlan", "SpaceSampler", "TrialContext", "plan", "storage_folder"]

@@ -18,11 +18,10 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from search import contract as C
+if TYPE_CHECKING:  # pandas and the tracking contract load after the arguments are parsed: --help stays instant
+    import pandas as pd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +43,11 @@ def _plain(v: Any) -> Any:
 
 def front_configs(df: pd.DataFrame) -> list[dict[str, Any]]:
     """The Pareto-optimal designs of a loaded search as trial configs {design, train, preset} (seed left out)."""
+    import pandas as pd
+
     from analysis.design import train_columns
     from analysis.groups import design_groups, group_front
+    from search import contract as C
 
     groups = design_groups(df)
     if groups.empty:
@@ -63,7 +65,6 @@ def front_configs(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from analysis.load import SearchNotFoundError, TrackingUnreachableError, load_search, make_client
     from search.cli import build_parser as search_parser
     from search.cli import execute
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if not own.source and not own.from_run:
         parser.error("give --from EXPERIMENT or --from-run ID: the search whose front to re-evaluate")
     args = search_parser().parse_args(rest)
+    from analysis.load import SearchNotFoundError, TrackingUnreachableError, load_search, make_client
     try:
         client = make_client(own.from_tracking_uri or args.tracking_uri)
         df = load_search(own.source, own.from_run, client=client)

@@ -126,7 +126,7 @@ def test_unreachable_tracking_server_is_a_clear_error_at_start(monkeypatch: pyte
         (["--set", "max_steps=0"], "error: max_steps must be >= 1, got 0"),
         (["--set", "lr=fast"], "error: lr must be of type float, got 'fast'"),
         (["--resume", "--name", "never-ran"], "error: --resume: no interrupted search named 'never-ran'"),
-        (["--num-samples", "0"], "error: --num-samples and --concurrency must be >= 1, got 0, 2"),
+        (["--num-samples", "0"], "error: --num-samples must be >= 1, got 0"),
         (["--storage", "s3://bucket/runs"], "error: --storage must be a folder reachable by every node"),
         (["--name", "../x"], "error: --name must be a single folder name inside --storage (no '/', '\\', or '..'), "
                              "got '../x'"),

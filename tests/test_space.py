@@ -28,7 +28,7 @@ def space_file(tmp_path: Path, data: dict) -> Path:
     ("data", "message"),
     [
         ({"sites": {"ffn": FFN}, "budget": 3}, r"unknown space key\(s\) \['budget'\]; expected some of"),
-        ({"sites": {"fnn": FFN}}, r"site must be one of \['head_attn', 'attn', 'ffn', 'query'.*got 'fnn'"),
+        ({"sites": {"fnn": FFN}}, r"a site name under sites must be one of \['head_attn', 'attn', 'ffn', 'query'.*got 'fnn'"),
         ({"sites": {"ffn": {**FFN, "rank": 4}}}, r"site ffn: unknown option\(s\) \['rank'\]"),
         ({"sites": {"ffn": {"form": ["relu"]}}}, r"site ffn: a budget 'size' \(l or r\) is required"),
         ({"sites": {"ffn": {**FFN, "size": []}}}, r"space key ffn.size: an empty list of choices leaves nothing"),
@@ -131,3 +131,73 @@ def test_ties_share_one_specification() -> None:
         "head_attn.form": "none", "ffn.form": "none", "query.form|modify": "identity", "query.size": 2,
         "train.lr": 1e-3}))
     assert design.query == design.value and design.query is not None and design.query.size == 2
+
+
+SITE = "sites:\n  ffn: {form: relu, size: 2"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (SITE + ", scale: 2.0, composition: scaled, dropout: {low: null, high: 0.5}}\n",
+     r"space key ffn.dropout: the range's low must be a finite number, got None"),
+    (SITE + ", composition: scaled, scale: {low: 1.0, high: .inf}}\n",
+     r"space key ffn.scale: the range's high must be a finite number, got inf"),
+    (SITE + ", dropout: {low: 0.0, high: 4.0}}\n",
+     r"ffn.dropout: the range \[0, 4\] must be valid up to both ends, but its high end is not .*dropout must be in "
+     r"\[0, 1\), got 4.0"),
+    (SITE + ", composition: scaled, scale: {low: -1.0, high: 1.0}}\n", r"space key ffn.scale: the range \[-1, 1\] holds 0"),
+    (SITE + "}\ntrain: {label_smoothing: {low: 0.0, high: 5.0}}\n",
+     r"train.label_smoothing: label_smoothing must be in \[0, 1\), got 5.0"),
+    (SITE + "}\ntrain: {max_length: -5}\n", r"train.max_length: max_length must be >= 1, got -5"),
+    (SITE + "}\ntrain: {eval_cap: [-1, 8]}\n", r"train.eval_cap: eval_cap must be >= 1 .*got -1"),
+    (SITE + "}\ntrain: {train_limit: {low: -3, high: 8}}\n", r"train.train_limit: train_limit must be >= 1"),
+    (SITE + "}\ntie: query\n", r"tie must be a list, got str 'query'"),
+    (SITE + "}\npresets: mam\n", r"presets must be a list, got str 'mam'"),
+    ("sites: [ffn]\n", r"sites must be a mapping, got list \['ffn'\]"),
+    (SITE + "}\ntrain: [lr]\n", r"train must be a mapping, got list \['lr'\]"),
+    (SITE + "}\ntask: 3\n", r"task must be a string, got int 3"),
+    (SITE + "}\nmodel: [a]\n", r"model must be a string, got list \['a'\]"),
+    (SITE + "}\nprompt_length: {low: -2, high: 4}\n", r"prompt_length must be >= 0"),
+    ("sites:\n  query: {form: identity, size: 2}\n  value: {form: identity, size: 8, dropout: 0.3}\n"
+     "tie: [[query, value]]\n",
+     r"site value is tied to query and takes its draw, so its options must equal query's, but \['dropout', 'size'\] "
+     r"differ and would be ignored"),
+    ("sites:\n  head_attn: {form: softmax, size: 2, insertion: [parallel, sequential]}\n",
+     r"head_attn.insertion: listed value\(s\) \['sequential'\] can never be drawn \(site head_attn: the per-head "
+     r"modification is computed from the attention query, so insertion must be parallel"),
+    (SITE + ", scale: 2.0}\n", r"ffn.scale is read only by composition=scaled, which site ffn never draws"),
+    ("sites:\n  ffn: {form: none, size: 2}\n  query: {form: identity, size: 2}\n",
+     r"site ffn: form is only none, so its options \['size'\] are never used"),
+])
+def test_issue_12_space_defects_are_one_line_naming_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"^{path}: {message}") as err:
+        load_space(path)
+    assert "\n" not in str(err.value)
+
+
+def test_the_site_check_counts_exactly_the_branches_the_sampler_can_take() -> None:
+    """SiteCheck walks one value per equivalence class; its branch count must equal the full walk's (sample_site
+    driven through every categorical path), on random small sites."""
+    import random
+
+    from search.space import SiteCheck, _dim, _site_kind, sample_site, walk_branches
+    from trainables.design import Representation
+
+    rng = random.Random(0)
+    pools = {"form": ["none", "relu", "identity", "softmax", "gelu"], "composition": ["add", "scaled", "gated"],
+             "insertion": ["sequential", "parallel"], "layernorm": ["none", "in", "out"], "init": ["bert", "lora"],
+             "size": [1, 2, 4, 8], "scale": [1.0, 2.0, 4.0], "learn_scale": [False, True], "dropout": [0.0, 0.1],
+             "prefix_mlp": [0, 8]}
+    checked = 0
+    while checked < 40:
+        rep = rng.choice(list(Representation))
+        opts = {o: rng.sample(v, rng.randint(1, len(v))) for o, v in pools.items() if o in ("form", "size")
+                or rng.random() < 0.5}
+        dims = {o: _dim(f"{rep.value}.{o}", v if len(v) > 1 else v[0], _site_kind(o)) for o, v in opts.items()}
+        try:
+            fast = SiteCheck(rep, dims).run(False)
+        except ValueError:
+            continue
+        assert fast == walk_branches(lambda t: sample_site(t, rep, dims, False)), (rep, opts)
+        checked += 1

@@ -19,13 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables.design import DesignPoint
-from trainables.flops import PEAK_BF16, Flops, Shape, micro_batch_flops, peak_flops
+from trainables.flops import Flops, Shape, micro_batch_flops
+from trainables.gpus import DEFAULT_GPU, DEFAULT_UTILIZATION, PEAK_BF16, peak_flops
 from trainables.runconfig import RunConfig
 
-DEFAULT_GPU = "A100"
-# The paper's en-ro run: about 20 h on one RTX A6000 for 50,000 steps (seed_spec §4); trainables.flops counts MAM's
-# 50,000 steps at 2.2e18 FLOPs, i.e. 30 TFLOP/s, 19% of the A6000's 154.8 TFLOP/s dense peak (evaluation included).
-DEFAULT_UTILIZATION = 0.2
 SAMPLE_ROWS = 2000  # rows encoded to measure batch shapes
 SAMPLE_BATCHES = 256  # micro-batches averaged (sentence batches; token batches: all of the sample's)
 

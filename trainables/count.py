@@ -9,36 +9,61 @@ import argparse
 import json
 import sys
 
-from trainables.configs import load_config
-from trainables.counting import TASKS, count_params
-from trainables.presets import get_preset, load_presets
+from trainables.presets import load_presets
 
 JSON_KEYS = ("trainable", "stored", "paper", "backbone", "fraction", "paper_percent", "petl_trainable", "task_head")
+KINDS = ("seq2seq", "classification", "causal")  # trainables.counting.TASKS (tests/test_counting.py pins equality)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainables.count", description=__doc__,
+    """The flags of petl-search / petl-trial where they mean the same (--model, --dataset); torch loads only after
+    parsing, so --help is instant."""
+    p = argparse.ArgumentParser(prog="petl-count", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", help="a named method of the paper (see --list-presets)")
-    p.add_argument("--model", help="hub name, local model folder, or config.json")
-    p.add_argument("--task", choices=TASKS, default=None,
-                   help="which task model to price (default: the family's usual one, e.g. seq2seq for BART)")
+    p.add_argument("--model", help="hub name, local model folder, config.json, or 'minilm' (the packaged MiniLM); "
+                   "default with --dataset: the task's checkpoint")
+    p.add_argument("--dataset", default=None, help="price it as a trial of this task would: en-ro, xsum, mnli, sst2, "
+                   "toy-cls, toy-s2s (its head, its label count, and its checkpoint unless --model is given)")
+    p.add_argument("--kind", "--task", dest="kind", choices=KINDS, default=None,
+                   help="the model's head without --dataset (default: the family's usual one, e.g. seq2seq for BART; "
+                   "--task is the old spelling of this flag)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     return p
 
 
+def _config_and_kind(args: argparse.Namespace) -> tuple[object, str | None, str]:
+    """(model config, head kind, what was priced) from --model / --dataset / --kind."""
+    from trainables.configs import load_config
+    from trainables.models import config_for, resolve_model_path
+    from trainables.tasks import get_task
+
+    if args.dataset is not None:
+        task = get_task(args.dataset)
+        if args.kind is not None and args.kind != task.kind:
+            raise ValueError(f"--kind {args.kind} contradicts --dataset {task.name} ({task.kind}); drop --kind")
+        return config_for(task, args.model), task.kind, args.model or task.model
+    path = resolve_model_path(get_task("toy-cls"), args.model)  # the task matters only for model=None
+    return load_config(path), args.kind, args.model
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.list_presets:
         for name, preset in sorted(load_presets().items()):
             print(f"{name:<18} {preset.method}")
         return 0
-    if not args.preset or not args.model:
-        build_parser().error("--preset and --model are required (or --list-presets)")
+    if not args.preset or not (args.model or args.dataset):
+        parser.error("--preset and --model (or --dataset) are required (or --list-presets)")
+    from trainables.counting import count_params
+    from trainables.presets import get_preset
+
     try:
         preset = get_preset(args.preset)
-        counts = count_params(preset.design, load_config(args.model), args.task)
+        config, kind, priced = _config_and_kind(args)
+        counts = count_params(preset.design, config, kind)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -46,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({k: d[k] for k in JSON_KEYS}))
         return 0
-    print(f"{preset.name} on {args.model}: {preset.method}")
+    print(f"{preset.name} on {priced}: {preset.method}")
     print(preset.design.describe())
     rows = [
         ("trainable", f"{counts.trainable:,}", "what the optimiser updates (prefix MLP, biases, LNs, task head)"),

@@ -101,7 +101,15 @@ def local_file(task: Task, split: str, data_dir: str | Path) -> Path:
 
 
 def _read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``("file:line", row)`` from a headed TSV or a JSONL file."""
+    """Yield ``("file:line", row)`` from a headed TSV or a JSONL file (UTF-8; other bytes are named)."""
+    try:
+        yield from _rows(path)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x}: {err.reason}); save the file "
+                         "as UTF-8") from None
+
+
+def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     with path.open(encoding="utf-8", newline="") as f:
         if path.suffix == ".tsv":
             reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)

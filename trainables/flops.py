@@ -29,21 +29,8 @@ from dataclasses import dataclass
 from transformers import PretrainedConfig
 
 from trainables.design import Backbone, DesignPoint
+from trainables.gpus import PEAK_BF16, peak_flops  # noqa: F401 (re-exported for benchmarks)
 from trainables.sitemap import AttnSlot, Dims, StackMap, dims, family_of, width
-
-# Peak dense bf16 FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name(); first match wins. NVIDIA data
-# sheets: H100/H200 SXM 989 TFLOP/s, H100 PCIe 756, H100 NVL 835, A100 312, L40S 362, RTX A6000 154.8 (309.7 with
-# sparsity; the paper's en-ro GPU).
-PEAK_BF16 = (("H200", 989e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("GH200", 989e12),
-             ("A100", 312e12), ("L40S", 362e12), ("A6000", 154.8e12))
-
-
-def peak_flops(name: str) -> float | None:
-    """Peak dense bf16 FLOP/s of a GPU named like torch.cuda.get_device_name() ("NVIDIA A100-SXM4-80GB")."""
-    for key, value in PEAK_BF16:
-        if key in name:
-            return value
-    return None
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ class RunConfig:
             raise ValueError(f"settings {unexpected} were not declared as sampled when the run was resolved "
                              f"(sampled: {list(self.sampled)})")
         kinds = field_kinds()
-        values = {k: coerce(_type_name(kinds[k]), v, k) for k, v in sampled.items()}
+        values = {k: coerce(setting_type(kinds[k]), v, k) for k, v in sampled.items()}
         return dataclasses.replace(self.train, **values, out_dir=out_dir)
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +109,32 @@ def resolve_run(task_name: str, *, model: str | None = None, data_dir: str | Non
                      sampled=tuple(sampled))
 
 
+def settings_help() -> list[str]:
+    """One line per setting `--set` (or a space's `train:`) accepts: its type, its default and its rule. The default
+    is the task's recipe (`recipe_settings`; one value when every task agrees, else per task, `-` where a recipe
+    leaves it to its other form, e.g. epochs vs max_steps) or, for settings no recipe sets, TrainConfig's own."""
+    from trainables.config import RULES
+    from trainables.tasks import get_task, task_names
+
+    recipes = {name: recipe_settings(get_task(name)) for name in task_names()}
+    own = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    lines = []
+    for key, (kind, empty) in setting_kinds().items():
+        if key in own:
+            default = _shown(own[key])
+        else:
+            values = {t: _shown(r[key]) if key in r else "-" for t, r in recipes.items()}
+            default = (next(iter(values.values())) if len(set(values.values())) == 1
+                       else "by task: " + ", ".join(f"{t} {v}" for t, v in values.items()))
+        rule = RULES.get(key, (None, ""))[1]
+        lines.append(f"{key} ({kind}{', may be null' if empty else ''}): {default}" + (f"; {rule}" if rule else ""))
+    return lines
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def recipe_settings(task: Task) -> dict[str, Any]:
     """Layer 1: the recipe's settings plus the task's own sequence lengths (the paper's maximum lengths)."""
     return {**task.train.settings(), "max_length": min(task.max_source_length, 512),
@@ -134,7 +160,7 @@ def merge_layers(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[dict[
             for k in group if given else ():
                 values.pop(k, None), origin.pop(k, None)
         for key, value in layer.items():
-            values[key] = coerce(_type_name(kinds[key]), value, key)
+            values[key] = coerce(setting_type(kinds[key]), value, key)
             check_setting(key, values[key])
             origin[key] = name
     for key in EPOCH_KEYS:
@@ -143,7 +169,7 @@ def merge_layers(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[dict[
     return values, origin
 
 
-def _type_name(kind: tuple[str, bool]) -> str:
+def setting_type(kind: tuple[str, bool]) -> str:
     base = {"pair": "tuple[float, float]"}.get(kind[0], kind[0])
     return f"{base} | None" if kind[1] else base
 
@@ -164,7 +190,7 @@ def _check_sampled(sampled: Mapping[str, Sequence[Any]], values: Mapping[str, An
                              "each trial would have a different number of steps; fix it, or set max_steps and "
                              "eval_every")
         for value in candidates:
-            check_setting(key, coerce(_type_name(kinds[key]), value, f"train.{key}"))
+            check_setting(key, coerce(setting_type(kinds[key]), value, f"train.{key}"))
 
 
 def plan_data(task: Task, data_dir: str | None, train_limit: int | None, eval_cap: int | None,
@@ -224,4 +250,4 @@ def _per_epoch_words(values: Mapping[str, Any], rows: int, world: int) -> str:
 
 
 __all__ = ["DataPlan", "RunConfig", "merge_layers", "plan_data", "recipe_settings", "resolve_run", "setting_kinds",
-           "steps_per_epoch"]
+           "setting_type", "settings_help", "steps_per_epoch"]

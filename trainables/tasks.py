@@ -11,9 +11,10 @@ built from config, so tests and the offline demo need no hub access.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from transformers import BartConfig, PretrainedConfig, RobertaConfig
+if TYPE_CHECKING:  # transformers loads on use: the task registry is read by --help and the name checks
+    from transformers import PretrainedConfig
 
 Kind = Literal["classification", "seq2seq"]
 
@@ -131,6 +132,8 @@ class TinyModel:
     max_positions: int = 64
 
     def config(self, vocab_size: int, num_labels: int = 2) -> PretrainedConfig:
+        from transformers import BartConfig, RobertaConfig
+
         # Special ids follow BART/RoBERTa (<s>=0, <pad>=1, </s>=2), matching data.toy_tokenizer.
         ids = {"bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2}
         if self.family == "roberta":
@@ -353,6 +356,25 @@ def get_task(name: str) -> Task:
             "To use your own data pass --data-dir with files in the task's format"
         )
     return task
+
+
+def data_help(task: Task) -> str:
+    """What `--data-dir` must hold for `task`, in words: the training and dev files (first existing name wins) and
+    their columns, from the task's own `local_names` and `columns` (the reader is `trainables.data`)."""
+    if task.generated:
+        return f"nothing: task {task.name!r} is generated in memory"
+
+    def files(split: str) -> str:
+        first, *rest = task.local_names(split)
+        return first + (f" (or {', '.join(rest)})" if rest else "")
+
+    cols = task.columns
+    columns = ", ".join((*cols.inputs, cols.target))
+    extra = f", or rows {{{cols.nested!r}: {{...}}}}" if cols.nested else ""
+    labels = (f"; {cols.target} is an id or a name: " + ", ".join(f"{i}={n}" for i, n in enumerate(task.label_names))
+              if task.label_names else "")
+    return (f"{files('train')} and {files('validation')}: .jsonl one JSON object per line, .tsv a header row then "
+            f"tab-separated rows, UTF-8; columns {columns}{extra}{labels}")
 
 
 def task_names() -> list[str]:

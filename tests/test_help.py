@@ -1,0 +1,85 @@
+"""Help that answers a user's questions (issue 16, item 8): defaults, the --set keys with their defaults, what
+--data-dir must hold per task, MiniLM named, --storage's real rule; the commands' --help imports no torch;
+petl-count takes the flags and the 'minilm' alias the other commands take."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from search.cli import build_parser
+from trainables.count import KINDS
+from trainables.count import main as count_main
+from trainables.runconfig import setting_kinds
+from trainables.tasks import data_help, get_task, task_names
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_default_is_shown() -> None:
+    parser = build_parser()
+    for action in parser._actions:  # argparse exposes no public list of a parser's actions
+        if action.option_strings and action.default not in (None, False, [], "==SUPPRESS=="):
+            assert "default" in parser.formatter_class("x")._get_help_string(action), action.option_strings
+    text = parser.format_help()
+    assert "(default: tpe)" in text and "(default: petl_runs)" in text and "(default: no budget)" in text
+
+
+def test_set_keys_are_listed_with_their_defaults_from_the_run_configuration() -> None:
+    text = build_parser().format_help()
+    for key in setting_kinds():
+        assert f"\n  {key} (" in text, key
+    assert "\n  lr (float): by task: en-ro 5e-05, xsum 5e-05, mnli 0.0001, sst2 0.0001, toy-cls 0.001, toy-s2s 0.003; " \
+           "must be > 0\n" in text
+    assert "\n  schedule (str): polynomial; must be one of ['polynomial', 'linear', 'cosine', 'constant']\n" in text
+    assert "\n  epochs (float): by task: en-ro -, xsum -, mnli 10, sst2 10, toy-cls -, toy-s2s -\n" in text
+
+
+def test_data_dir_contents_per_task_come_from_the_task() -> None:
+    text = build_parser().format_help()
+    for name in task_names():
+        if not get_task(name).generated:
+            assert f"\n  {name}: {data_help(get_task(name))}\n" in text
+    assert data_help(get_task("sst2")) == (
+        "train.tsv (or train.jsonl) and dev.tsv (or validation.jsonl, validation.tsv): .jsonl one JSON object per line, "
+        ".tsv a header row then tab-separated rows, UTF-8; columns sentence, label; label is an id or a name: "
+        "0=negative, 1=positive")
+    assert data_help(get_task("en-ro")).endswith("columns en, ro, or rows {'translation': {...}}")
+
+
+def test_the_description_names_minilm_and_storage_promises_no_uri() -> None:
+    text = " ".join(build_parser().format_help().split())
+    assert "with the pretrained MiniLM (all-MiniLM-L6-v2" in text and "tiny model" not in text
+    assert "folder or URI" not in text and "other URIs such as s3:// are refused" in text
+
+
+@pytest.mark.parametrize("module", ["search.cli", "trainables.count", "trainables.trial", "search.reevaluate"])
+def test_help_imports_no_torch(module: str) -> None:
+    """What made `--help` take seconds: torch and transformers imported before the arguments were parsed."""
+    code = (f"import sys; from {module} import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'ray', 'mlflow', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_count_takes_the_minilm_alias_and_the_dataset_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from trainables.counting import TASKS
+
+    assert KINDS == TASKS
+    # LoRA r=16 on W_q and W_v of MiniLM-L6 (d=384): 6 layers x 2 matrices x 16 x (384 + 384) = 147,456; the
+    # classification head: pooler 384x384 + 384, classifier 384x2 + 2 = 148,610
+    for args in (["--model", "minilm"], ["--model", "minilm", "--dataset", "sst2"],
+                 ["--model", "minilm", "--task", "classification"], ["--model", "minilm", "--kind", "classification"]):
+        assert count_main(["--preset", "lora_attn", "--json", *args]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert (out["stored"], out["task_head"], out["backbone"]) == (147_456, 148_610, 22_565_376), args
+    # the task's checkpoint (mBART-cc25, bundled): 12+12 layers of d=1024 like BART-large, so MAM stores what
+    # test_counting pins for BART-large
+    assert count_main(["--preset", "mam", "--dataset", "en-ro", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stored"] == 27_414_528
+    assert count_main(["--preset", "mam", "--dataset", "en-ro", "--kind", "classification"]) == 2
+    assert "--kind classification contradicts --dataset en-ro (seq2seq); drop --kind" in capsys.readouterr().err
