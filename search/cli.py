@@ -136,10 +136,19 @@ def private_ray_token() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.json and not args.dry_run:
         build_parser().error("--json goes with --dry-run (a search prints its progress and ends with the front)")
+    args.given_flags = given_flags(parser, argv)
     return execute(args)
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The destinations of the flags on the command line (not their defaults): what --resume must check."""
+    for action in parser._actions:  # a throwaway parser: every default suppressed, so only given flags appear
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -155,10 +164,13 @@ def execute(args: argparse.Namespace) -> int:
         os.environ.setdefault(key, value)
     if args.address is None:
         private_ray_token()
-    from search.names import SearchError, check_name
+    from search.names import SearchError, check_name, restore_args
 
     try:
-        check_name(args)  # before the heavy imports: a name collision is answered in well under a second
+        name, storage = check_name(args)  # before the heavy imports: a collision is answered in well under a second
+        given = getattr(args, "given_flags", None)
+        if args.resume and given is not None:
+            restore_args(args, given, storage / name)
         from search.driver import run_search
 
         return run_search(args)

@@ -79,7 +79,7 @@ def open_search(p: SearchPlan, args: argparse.Namespace, client: Any, search_dir
     from search.tracking import MlflowSearchCallback, parent_run
 
     resolved = {"space": p.space.path, "task": p.task.name,
-                **{f"run.{k}": v for k, v in vars(args).items() if k != "front"},
+                **{f"run.{k}": v for k, v in vars(args).items() if k not in ("front", "given_flags")},
                 **{f"resolved.{k}": v for k, v in p.run.to_dict().items()},
                 "resolved.rungs": list(p.schedule.rungs), "resolved.grace_period": p.schedule.grace_period}
     parent_id = parent_run(client, p.experiment, str(search_dir), {k: json.dumps(v) if not isinstance(v, str) else v
@@ -88,6 +88,11 @@ def open_search(p: SearchPlan, args: argparse.Namespace, client: Any, search_dir
                                                                                        default=str)}, args.resume,
                            description=p.space.description)
     client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in reference_tags(p.reference, p.task.metric).items()])
+    if not args.resume:
+        from search.names import save_args
+
+        search_dir.mkdir(parents=True, exist_ok=True)
+        save_args(search_dir, args)  # what a later bare `--resume` continues
     # The parent's plots and hypervolume history are refreshed at most every 30 s while the search runs (a refresh
     # costs ~1 s at a dozen trials, ~4 s at 1,000: per trial it dominated orchestration) and once at the end.
     outbox = search_dir / "tracking_outbox.json"  # MLflow records queued while the store is away (search/outbox.py)

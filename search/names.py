@@ -78,4 +78,43 @@ def check_name(args: argparse.Namespace) -> tuple[str, Path]:
     return name, storage
 
 
-__all__ = ["SearchError", "check_name", "default_name", "search_name", "storage_folder", "task_of"]
+
+
+ARGS_FILE = "search_args.json"  # in the search's folder: the arguments it was started with (what --resume continues)
+RESUME_FREE = ("resume", "dry_run", "json", "address", "concurrency", "tracking_uri", "max_failures", "gpu",
+               "utilization", "given_flags")  # may change on --resume: where and how fast it runs, not what it trains
+
+
+def save_args(folder: Path, args: argparse.Namespace) -> None:
+    """Record what the search was started with, so that `--resume` continues that search and not a re-plan."""
+    import json
+
+    keep = {k: v for k, v in vars(args).items() if k not in RESUME_FREE and k != "front"}
+    (folder / ARGS_FILE).write_text(json.dumps(keep, indent=2, default=str))
+
+
+def restore_args(args: argparse.Namespace, given: set[str], folder: Path) -> None:
+    """On --resume, take every setting the search was started with; a flag given now must agree with it.
+
+    `given`: the destinations of the flags on this command line. Raises SearchError naming the first disagreement.
+    A search started before this record existed is resumed with the flags as given (the old behaviour).
+    """
+    import json
+
+    path = folder / ARGS_FILE
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text())
+    for key, value in stored.items():
+        if key in RESUME_FREE or not hasattr(args, key):
+            continue
+        now = getattr(args, key)
+        if key in given and json.dumps(now, default=str) != json.dumps(value, default=str):
+            flag = "--" + key.replace("_", "-")
+            raise SearchError(f"--resume continues search {folder.name!r} as it was started, but {flag} is {now!r} "
+                              f"now and was {value!r}; drop the flag, or start a new search with --name")
+        setattr(args, key, value)
+
+
+__all__ = ["SearchError", "check_name", "default_name", "restore_args", "save_args", "search_name", "storage_folder",
+           "task_of"]

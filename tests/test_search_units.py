@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from types import SimpleNamespace
@@ -195,3 +196,22 @@ def test_result_memo_keys_on_what_the_trial_computes_and_records_only_full_fidel
     assert same.lookup() is None
     memo.record({"step": 4, "score": 0.75, "loss": 0.3, "fraction": 0.01})
     assert same.lookup() == {"step": 4, "score": 0.75, "loss": 0.3, "fraction": 0.01, "reused_from": "first"}
+
+
+def test_a_bare_resume_continues_the_search_as_it_was_started(tmp_path: Path) -> None:
+    from search.cli import build_parser, given_flags
+    from search.names import ARGS_FILE, SearchError, restore_args, save_args
+
+    first = ["--name", "s", "--storage", str(tmp_path), "--num-samples", "2", "--set", "max_steps=4", "--seeds", "2"]
+    started = build_parser().parse_args(first)
+    save_args(tmp_path, started)
+    assert "resume" not in json.loads((tmp_path / ARGS_FILE).read_text())
+    # the README's form: only the name and --resume; every setting comes back, not the defaults
+    bare = ["--name", "s", "--storage", str(tmp_path), "--resume", "--concurrency", "3"]
+    args = build_parser().parse_args(bare)
+    restore_args(args, given_flags(build_parser(), bare), tmp_path)
+    assert (args.num_samples, args.set, args.seeds, args.resume, args.concurrency) == (2, ["max_steps=4"], 2, True, 3)
+    changed = [*bare, "--num-samples", "5"]
+    with pytest.raises(SearchError, match=r"^--resume continues search '.*' as it was started, but --num-samples is 5 "
+                                          r"now and was 2; drop the flag, or start a new search with --name$"):
+        restore_args(build_parser().parse_args(changed), given_flags(build_parser(), changed), tmp_path)
