@@ -102,7 +102,8 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, importance: bool = Tr
         effects = like_for_like(df, ref)
         effects[COLUMNS + ["conclusion"]].to_csv(out / "effects.csv", index=False)
         files["effects.csv"] = out / "effects.csv"
-    trials_table(df).to_csv(out / "trials.csv", index=False)
+    # the front computed now, not the petl.pareto tags as loaded (log_report sets those after the files are written)
+    trials_table(df.assign(pareto_tag=np.where(pareto, "true", "false"))).to_csv(out / "trials.csv", index=False)
     files["trials.csv"] = out / "trials.csv"
     (out / "summary.md").write_text(summary_markdown(df, hv, ref, notes, effects, importances), encoding="utf-8")
     files["summary.md"] = out / "summary.md"

@@ -266,3 +266,15 @@ def test_reference_score_override_is_written_everywhere_but_the_searchs_history(
     # A report against another reference must not add points to the search's own hypervolume history.
     assert client.get_metric_history(s.parent_run_id, "hypervolume") == []
     assert {Path(a.path).name for a in client.list_artifacts(s.parent_run_id, "analysis")} >= {"summary.md"}
+
+
+def test_trials_csv_marks_the_front_computed_now_not_the_tags_as_loaded(tmp_path: Path) -> None:
+    from analysis.report import write_report
+    from analysis.synthetic import synthetic_runs
+
+    df = runs_to_frame(synthetic_runs(12, seed=3)).assign(pareto_tag="false")  # tags from before the last refresh
+    write_report(df, tmp_path, importance=False)
+    table = pd.read_csv(tmp_path / "trials.csv")
+    front = pareto_flags(df)
+    assert front.any() and table["pareto_tag"].astype(str).str.lower().tolist() == [
+        "true" if f else "false" for f in front]
