@@ -28,7 +28,7 @@ def check_flags(args: argparse.Namespace) -> None:
               "must be > 0 (a fraction of the backbone's parameters, e.g. 0.01 for 1%)"),
              ("--num-samples", args.num_samples, lambda v: v is None or v >= 1, "must be >= 1"),
              ("--concurrency", args.concurrency, lambda v: v >= 1, "must be >= 1"),
-             ("--seeds", args.seeds, lambda v: v >= 1, "must be >= 1"),
+             ("--seeds", args.seeds, lambda v: v >= 1, "must be >= 1 (replicates per design)"),
              ("--cpus-per-trial", args.cpus_per_trial, lambda v: v > 0, "must be > 0"),
              ("--gpus-per-trial", args.gpus_per_trial, lambda v: v >= 0, "must be >= 0"),
              ("--workers-per-trial", args.workers_per_trial, lambda v: v >= 1, "must be >= 1"),

@@ -73,7 +73,7 @@ def test_bad_data_is_one_line_naming_the_file(run: Any, tmp_path: Path, train: A
                                   "0.01 for 1%), got 0.0"),
     ("--grace-period", "0", "--grace-period must be a positive multiple of the evaluation interval (10 steps"),
     ("--reduction-factor", "1", "--reduction-factor must be > 1 (ASHA keeps 1/this), got 1.0"),
-    ("--seeds", "0", "--seeds must be >= 1, got 0"),
+    ("--seeds", "0", "--seeds must be >= 1 (replicates per design), got 0"),
     ("--cpus-per-trial", "100000", "a trial needs 100000 CPUs (--cpus-per-trial × --workers-per-trial) but this "
                                    "machine has"),
 ])
