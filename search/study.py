@@ -11,8 +11,9 @@ Ray's state, and configs already trained to full fidelity are answered by the re
 
 from __future__ import annotations
 
-import copy
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -66,13 +67,8 @@ class ConfigListSearcher(Searcher):
             self._queue += [with_replicate(best, seed=s, index=i, count=n) for i, s in enumerate(self.seeds) if i]
 
     def save(self, checkpoint_path: str) -> None:
-        import pickle
-
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(copy.deepcopy(self.__dict__), f)
+        """The queue and what has ended, as JSON: the search folder may be shared, so restoring runs no code."""
+        Path(checkpoint_path).write_text(json.dumps(self.__dict__))
 
     def restore(self, checkpoint_path: str) -> None:
-        import pickle
-
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        self.__dict__.update(json.loads(Path(checkpoint_path).read_text()))  # `_done`'s tuples come back as lists
