@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if not own.source and not own.from_run:
         parser.error("give --from EXPERIMENT or --from-run ID: the search whose front to re-evaluate")
     args = search_parser().parse_args(rest)
+    import pandas as pd
+
     from analysis.load import SearchNotFoundError, TrackingUnreachableError, load_search, make_client
     try:
         client = make_client(own.from_tracking_uri or args.tracking_uri)

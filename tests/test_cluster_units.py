@@ -246,6 +246,8 @@ def test_status_json_is_written_whole(tmp_path: Path) -> None:
 def test_a_stop_signal_asks_tune_to_stop_through_sigusr1_and_a_second_one_stops_at_once() -> None:
     seen = []
     previous = signal.signal(signal.SIGUSR1, lambda *a: seen.append("usr1"))  # Ray Tune listens on SIGUSR1
+    # Whatever handled SIGTERM before is restored (Ray installs its own once ray.init ran in this process)
+    sigterm_before = signal.getsignal(signal.SIGTERM)
     try:
         with O.StopSignals() as stop:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -254,7 +256,7 @@ def test_a_stop_signal_asks_tune_to_stop_through_sigusr1_and_a_second_one_stops_
             with pytest.raises(KeyboardInterrupt):
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(0.05)
-        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) == sigterm_before
     finally:
         signal.signal(signal.SIGUSR1, previous)
 
