@@ -12,7 +12,8 @@ from torch import nn
 
 from trainables.design import DesignPoint
 from trainables.inject import inject
-from trainables.petl.prefix import HeadSite, PrefixKV
+from trainables.petl.forms import PrefixKV
+from trainables.petl.insertion import HeadSite
 from trainables.presets import load_presets
 from trainables.tiny import tiny_config
 
@@ -147,7 +148,7 @@ def ours_decoder_self_only(bench: Bench, name: str, dp: DesignPoint, counterpart
     model = copy.deepcopy(bench.base)
     inject(model, dp)
     enc, dec = model.model.encoder, model.model.decoder
-    # the stacks' prefix pre-hooks skip a kind whose PrefixKV is gone (trainables.petl.prefix.prefix_hook)
+    # the stacks' prefix pre-hooks skip a kind whose PrefixKV is gone (trainables.petl.insertion.prefix_hook)
     del enc.petl_prefix["encoder"], dec.petl_prefix["cross"]
     for layer in enc.layers:
         del layer.self_attn.petl_head

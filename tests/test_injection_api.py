@@ -19,7 +19,7 @@ from trainables.counting import count_params
 from trainables.design import DesignPoint
 from trainables.inject import inject
 from trainables.petl.base import PetlModule, petl_named_parameters
-from trainables.petl.prefix import attn_implementation
+from trainables.petl.insertion import attn_implementation
 from trainables.presets import get_preset
 from trainables.tiny import tiny_config
 

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelF
 
 from trainables.design import Composition, DesignPoint, Form, Init, Insertion, SiteSpec
 from trainables.inject import fold_prefixes, inject
-from trainables.petl.prefix import HeadSite
-from trainables.petl.site import SublayerSite, WeightSite
+from trainables.petl.composition import gated_by_concatenation
+from trainables.petl.insertion import HeadSite, SublayerSite, WeightSite
 from trainables.presets import get_preset
 from trainables.tiny import tiny_config
 
@@ -21,8 +21,9 @@ DH = D // H
 
 
 def tiny(model_type: str = "bart"):
-    auto = {"bart": AutoModelForSeq2SeqLM, "mbart": AutoModelForSeq2SeqLM, "roberta": AutoModelForSequenceClassification,
-            "bert": AutoModelForSequenceClassification}.get(model_type, AutoModelForCausalLM)
+    auto = {"bart": AutoModelForSeq2SeqLM, "mbart": AutoModelForSeq2SeqLM,
+            "roberta": AutoModelForSequenceClassification, "bert": AutoModelForSequenceClassification,
+            }.get(model_type, AutoModelForCausalLM)
     return auto.from_config(tiny_config(model_type)).eval()
 
 
@@ -69,6 +70,27 @@ def test_prefix_tuning_equals_the_gated_closed_form() -> None:
     lam = torch.sigmoid(lp - lk).unsqueeze(-1)  # Σ exp(q·p_k) / (Σ exp(q·p_k) + Σ exp(q·k)), He et al. Eq. 7
     expected = merge_heads(attn, (1 - lam) * base + lam * pre)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_gated_composition_is_attention_over_the_concatenation() -> None:
+    """composition.py's identity, on the function itself: padding masked, grouped-query heads, causal."""
+    torch.manual_seed(0)
+    b, heads, kv, t, l, dh = 2, 4, 2, 6, 3, 8
+    q, k, v = torch.randn(b, heads, t, dh), torch.randn(b, kv, t, dh), torch.randn(b, kv, t, dh)
+    pk, pv = torch.randn(kv, l, dh), torch.randn(kv, l, dh)
+    keep = torch.ones(b, 1, t, t, dtype=torch.bool).tril()  # causal
+    keep[1, ..., :2] = False  # the second row's first two tokens are padding (left-padded)
+    keep[1, :, :2, 0] = True  # ...but a fully masked query row would be undefined: let those rows see token 0
+    module = torch.nn.Module()
+    module.num_key_value_groups = heads // kv
+    out = gated_by_concatenation(module, q, k, v, pk, pv, keep, 0.0, dh**-0.5, True)  # (B, T, H, d_h)
+    rep = heads // kv
+    k, v, pk, pv = (x.repeat_interleave(rep, dim=-3) for x in (k, v, pk, pv))
+    logits = (q @ k.transpose(-1, -2) * dh**-0.5).masked_fill(~keep, float("-inf"))  # (B, H, T, T)
+    plog = q @ pk.transpose(-1, -2) * dh**-0.5  # (B, H, T, l): prefix slots are always attendable
+    h, dh_ = torch.softmax(logits, -1) @ v, torch.softmax(plog, -1) @ pv
+    lam = (plog.exp().sum(-1) / (plog.exp().sum(-1) + logits.exp().sum(-1))).unsqueeze(-1)  # He et al. Eq. 7
+    torch.testing.assert_close(out, ((1 - lam) * h + lam * dh_).transpose(1, 2), atol=1e-5, rtol=1e-5)
 
 
 def test_prefix_without_gate_is_plain_addition() -> None:

@@ -75,7 +75,7 @@ def _refuse(reason: str) -> ValueError:
 
 def _lora_sites(injected: Any) -> dict[str, Any]:
     """Host module name -> its WeightSite, in the injected model."""
-    from trainables.petl.site import WeightSite
+    from trainables.petl.insertion import WeightSite
 
     sites = {}
     for name, module in injected.named_modules():

@@ -125,7 +125,7 @@ class _Walk:
     def scores(self, nq: float, ntok: float, dq: int, flow_q: bool, flow_k: bool, flow_v: bool) -> bool:
         """S = Q·Kᵀ, O = P·V over ntok token keys, and the design's l prefix slots (trainable keys and values):
         prepended to the keys (the gated form, one softmax: dK and dV are computed over the whole concatenation),
-        or a separate Δ = f(Q·P_kᵀ)·P_v added to the heads (`trainables.petl.prefix`)."""
+        or a separate Δ = f(Q·P_kᵀ)·P_v added to the heads (`trainables.petl.forms.head_form`)."""
         spec = self.design.head_attn
         l_prefix = spec.size if spec is not None else 0
         concat = spec is not None and spec.composition.value == "gated"
@@ -175,7 +175,7 @@ class _Walk:
 def _prefix_mlp(design: DesignPoint, config: PretrainedConfig) -> Flops:
     """The prefix reparametrisation MLP: once per micro-batch and attention module (not per row). Each module runs the
     shared embedding → Linear(d, mlp) → tanh on its own and then its own row block of the last Linear
-    (`trainables.petl.prefix.PrefixKV`: per-module graphs for gradient checkpointing and ZeRO-3), so the first
+    (`trainables.petl.forms.PrefixKV`: per-module graphs for gradient checkpointing and ZeRO-3), so the first
     product is executed n times per kind. Its input is the trainable prefix embedding, so both products need input and
     weight gradients."""
     spec = design.head_attn

@@ -2,8 +2,9 @@
 wired by forward hooks (and, for the per-head forms and the parallel attention adapter, by transformers'
 attention-function registry), then the trainable set fixed by module type.
 
-Every hook finds its PETL module through the module it runs on (see `trainables.petl.site`), so `copy.deepcopy` of an
-injected model and DataParallel replicas run their own modules; `Injection.remove()` undoes all of it.
+Every hook finds its PETL module through the module it runs on (see `trainables.petl.insertion`), so
+`copy.deepcopy` of an injected model and DataParallel replicas run their own modules; `Injection.remove()` undoes
+all of it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from torch import nn
 
 from trainables.design import Backbone, DesignPoint, Insertion, Representation, SiteSpec
 from trainables.petl.base import PetlModule, petl_named_parameters
-from trainables.petl.prefix import (ATTN_IMPLEMENTATION, HeadSite, PrefixKV, attn_implementation, attn_input_hook,
-                                    prefix_hook)
+from trainables.petl.forms import PrefixKV
+from trainables.petl.insertion import (ATTN_IMPLEMENTATION, LINK, HeadSite, SublayerSite, WeightSite,
+                                       attn_implementation, attn_input_hook, capture_input_hook, ffn_output_hook, link,
+                                       link_hook, prefix_hook, sequential_output_hook, weight_output_hook)
 from trainables.petl.prompt import Prompt, base_mask_hook, cross_mask_hook, encoder_mask_hook, prompt_hook
-from trainables.petl.site import (LINK, SublayerSite, WeightSite, capture_input_hook, ffn_output_hook, link, link_hook,
-                                  sequential_output_hook, weight_output_hook)
 from trainables.sitemap import AttnSlot, FamilyMap, StackMap, dims, family_of, get_path, width
 
 

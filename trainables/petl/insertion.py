@@ -1,14 +1,22 @@
-"""Sites: where a Δh module reads (insertion) and how its output joins h (composition), attached to a frozen model
-by forward hooks, so the pretrained modules and their parameter names stay untouched.
+"""Insertion, one axis of He et al. (ICLR 2022, Table 1): where each site reads its input and where its Δh joins the
+frozen model, attached by forward hooks so the pretrained modules and their parameter names stay untouched.
 
     sequential: h ← h ⊕ Δ(h)   Δ reads the sub-layer's output
     parallel:   h ← h ⊕ Δ(x)   Δ reads the sub-layer's input x (weight sites: the projection's input)
+    per head:   head ← head ⊕ Δ(q)   Δ reads the head's query, inside the attention function (`petl_attention`)
 
-with ⊕ plain (h + Δ) or scaled (h + s·Δ) addition.
+The forms Δ are `forms.py`; ⊕ is `composition.py` (every site calls `compose`; the gated per-head form is
+`gated_by_concatenation`). Which module of each architecture is each representation is `trainables/sitemap.py`.
 
 Hooks are module-level functions bound (functools.partial) to names only; each finds its PETL module through the
 module it is called on. A deep copy or a DataParallel replica therefore runs its own modules, never the original's,
-and values that live for one forward (a captured sub-layer input) sit in `CallState`, which copies leave empty.
+and values that live for one forward (a captured sub-layer input, this call's prefix) sit in `CallState`, which
+copies leave empty.
+
+The per-head sites run in an attention function registered in transformers' attention-function registry
+(`petl_sdpa`), so every model family that routes attention through it gets prefixes without a forked modeling file,
+fused SDPA is kept, and the KV cache never stores prefixes (they are re-attached at every call). The parallel
+attention adapter joins the head outputs in the same function, before W_o, as in the official code.
 """
 
 from __future__ import annotations
@@ -18,13 +26,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.pytorch_utils import Conv1D
 
 from trainables.design import Composition, Form, Init, Insertion, SiteSpec
 from trainables.petl.base import PetlModule
-from trainables.petl.bottleneck import Bottleneck
-from trainables.petl.compose import Scale
+from trainables.petl.composition import Scale, compose, expand_heads, gated_by_concatenation
+from trainables.petl.forms import ACTIVATIONS, Bottleneck, head_form
 from trainables.sitemap import get_path
+
+ATTN_IMPLEMENTATION = "petl_sdpa"
 
 LINK = "_petl_link_"  # prefix of the (unregistered) attribute through which a hooked descendant finds its site
 
@@ -94,8 +107,7 @@ class SublayerSite(PetlModule):
         self._dropout = (0.0, False)  # (rate, training) of the layer's functional output dropout (BART-style FFNs)
 
     def forward(self, h: Tensor, x: Tensor) -> Tensor:
-        dh = self.delta(x)
-        return h + dh if self.scale is None else h + self.scale() * dh
+        return compose(h, self.delta(x), self.scale)  # h ⊕ Δ(x)
 
     def take_input(self) -> Tensor:
         x, self._x = self._x.value, CallState()
@@ -174,9 +186,12 @@ class WeightSite(PetlModule):
         self.scale = Scale(spec.scale, spec.learn_scale) if spec.composition is Composition.SCALED else None
         self.out_start = out_start  # first output column of this site in a fused projection, else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        dh = self.delta(x)
-        return dh if self.scale is None else self.scale() * dh
+    def forward(self, y: Tensor, x: Tensor) -> Tensor:
+        """y = x W (the projection's output, (B, T, d_host)) ⊕ Δ(x), into this site's columns of a fused y."""
+        dh = self.delta(x)  # (B, T, d_out)
+        if self.out_start is not None:  # zero outside the site's columns: s·0 adds nothing there
+            dh = F.pad(dh, (self.out_start, y.shape[-1] - self.out_start - dh.shape[-1]))
+        return compose(y, dh, self.scale)
 
     @torch.no_grad()
     def merged_weight(self, host: nn.Module) -> Tensor:
@@ -206,9 +221,117 @@ class WeightSite(PetlModule):
 
 
 def weight_output_hook(name: str, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
-    """On the projection: y ← y + s·Δ(x), into the site's columns when the projection is fused."""
-    site = getattr(module, name)
-    dh = site(args[0])
-    if site.out_start is not None:
-        dh = F.pad(dh, (site.out_start, output.shape[-1] - site.out_start - dh.shape[-1]))
-    return output + dh
+    """On the projection: y ← y ⊕ Δ(x), into the site's columns when the projection is fused."""
+    return getattr(module, name)(output, args[0])
+
+
+class HeadSite(PetlModule):
+    """Holds one attention module's P_k, P_v for the current forward and applies the head-level Δh.
+
+    The branch's attention weights get the attention's own dropout (the rate the model passes to its attention
+    function: its attention dropout in training, 0 in eval), for every form, as the official code does.
+    """
+
+    def __init__(self, spec: SiteSpec) -> None:
+        super().__init__()
+        self.form = spec.form
+        self.composition = spec.composition
+        self.scale = Scale(spec.scale, spec.learn_scale) if spec.composition is Composition.SCALED else None
+        self.act = None if spec.form is Form.SOFTMAX else ACTIVATIONS[spec.form]()
+        self._prefix = CallState()  # (P_k, P_v), each (kv_heads, l, d_h); set by the stack's pre-hook per forward
+
+    @property
+    def prefix(self) -> tuple[Tensor, Tensor] | None:
+        return self._prefix.value
+
+    @prefix.setter
+    def prefix(self, value: tuple[Tensor, Tensor] | None) -> None:
+        self._prefix = CallState(value)
+
+    def forward(self, h: Tensor, q: Tensor, pk: Tensor, pv: Tensor, scaling: float, dropout: float) -> Tensor:
+        """head ⊕ f(q P_kᵀ) P_v for add/scaled composition (gated: `gated_by_concatenation`).
+
+        h: (B, T, H, d_h) head outputs; q: (B, H, T, d_h); pk, pv: (B, H, l, d_h)."""
+        dh = head_form(q, pk, pv, self.act, scaling, dropout)  # (B, H, T, d_h)
+        return compose(h, dh.transpose(1, 2), self.scale)
+
+
+def petl_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: object,
+) -> tuple[Tensor, None]:
+    """SDPA attention plus the head-level Δh of `module.petl_head` (when it has a prefix for this call) and the
+    parallel attention adapter `module.petl_attn`, both added to the head outputs before W_o.
+
+    Returns (B, T, H, d_h), as transformers' SDPA function does."""
+    site: HeadSite | None = getattr(module, "petl_head", None)
+    if site is None or site.prefix is None:
+        h, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
+    else:
+        h = _head_site(site, module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
+    adapter = getattr(module, "petl_attn", None)
+    if adapter is not None:  # PA at attention: Δ(x) on the concatenated head outputs, before W_o (official code)
+        h = adapter(h.flatten(-2), adapter.take_input()).view(h.shape)
+    return h, None
+
+
+def _head_site(site: HeadSite, module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
+               attention_mask: Tensor | None, dropout: float, scaling: float | None, is_causal: bool | None,
+               **kwargs: object) -> Tensor:
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    batch, heads = query.shape[:2]
+    pk, pv = site.prefix
+    if site.composition is Composition.GATED:
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+        return gated_by_concatenation(module, query, key, value, pk, pv, attention_mask, dropout, scaling,
+                                      bool(causal), **kwargs)
+    h, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
+    return site(h, query, expand_heads(pk, batch, heads, query.dtype), expand_heads(pv, batch, heads, query.dtype),
+                scaling, dropout)  # SDPA returns h as (B, T, H, d_h)
+
+
+def attn_implementation(config: object) -> str | None:
+    """The attention implementation a model runs (transformers keeps it in the config's `_attn_implementation`)."""
+    return getattr(config, "_attn_implementation", None)
+
+
+def check_attn_implementation(config: object) -> None:
+    """The per-head sites and the parallel attention adapter run inside `petl_sdpa`; fail if it was switched off."""
+    current = attn_implementation(config)
+    if current != ATTN_IMPLEMENTATION:
+        raise RuntimeError(
+            f"this model's PETL attention sites run in the attention implementation {ATTN_IMPLEMENTATION!r}, but the "
+            f"model now runs {current!r} (set after injection); call model.set_attn_implementation("
+            f"{ATTN_IMPLEMENTATION!r}) again"
+        )
+
+
+def attn_input_hook(name: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Pre-hook on an attention module with a parallel adapter: keep its input x for `petl_attention`."""
+    check_attn_implementation(module.config)
+    capture_input_hook(name, module, args, kwargs)
+
+
+def prefix_hook(kind: str, layers: str, attn: str, module: nn.Module, args: Any) -> None:
+    """Pre-hook on a stack: hand each layer's HeadSite its `kind` prefix for this forward (the stack's own modules,
+    so a copy or a replica uses its own prefix)."""
+    store = getattr(module, "petl_prefix", None)
+    if store is None or kind not in store:
+        return
+    check_attn_implementation(module.config)
+    for i, layer in enumerate(get_path(module, layers)):
+        head = getattr(get_path(layer, attn), "petl_head", None)
+        if head is not None:
+            p = store[kind](i)  # (2, kv, l, d_h)
+            head.prefix = (p[0], p[1])
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, petl_attention)
+AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
