@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from search import contract as C
-from trainables.design import NONE, SITES
+from trainables.vocabulary import NONE, SITES
 
 SITE_NAMES = tuple(rep.value for rep in SITES)  # modified representations, in the paper's order
 TERMINAL_STATUSES = C.TERMINAL_STATUSES

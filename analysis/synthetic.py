@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 
 from search import contract as C
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 from trainables.presets import get_preset
 
 BACKBONE_PARAMS = 125_000_000  # roughly RoBERTa-base

@@ -6,12 +6,12 @@
 Every scenario is one whole search, `search.cli.main` exactly as `python search/run.py` runs it (plan, MLflow parent
 run, Ray Tune with TruthfulOptunaSearch + SpaceSampler over spaces/smoke.yaml, the banded scheduler, the MLflow
 callback, the final summary), at --concurrency 2, in a fresh subprocess so each pays its own Ray start. Only the
-trainable is swapped (through `search.trial.run_trial`, which `search.tuner.fit` imports at call time):
+trainable is swapped (through `search.trainable.run_trial`, which `search.tuner.fit` imports at call time):
 
 * noop    a function that reports one result shaped like a trial's final one (step = max_steps, score, fraction,
           loss, ...) and returns: no torch, no model. Its "train" time is 0.
-* tiny    the real `search.trial.run_trial` on the smoke space with max_steps=2, eval_every=2, eval_cap=16: builds the
-          pretrained MiniLM, injects the design, trains 2 steps, evaluates 16 examples. Time inside
+* tiny    the real `search.trainable.run_trial` on the smoke space with max_steps=2, eval_every=2, eval_cap=16: builds
+          the pretrained MiniLM, injects the design, trains 2 steps, evaluates 16 examples. Time inside
           `trainables.loop.train` is measured in the worker (wrapped there), from the call until it returns or, when
           the scheduler stops the trial on its final report before `train` returns, until that final report.
 
@@ -98,7 +98,7 @@ def make_trainable(mode: str, log_dir: str, max_steps: int):  # noqa: ANN201
             dump()
             return
 
-        import search.trial as ST
+        import search.trainable as ST
         import trainables.loop as L
 
         orig_train, orig_report = L.train, ST.TuneReporter.report
@@ -161,9 +161,9 @@ def run_scenario(name: str, trials: int, workdir: Path, out_json: Path) -> None:
     import search.cli
     import search.driver as SD
     import search.searcher as SS
-    import search.summary as SU
+    import search.finish as SU
     import search.tracking as TR
-    import search.trial as STR
+    import search.trainable as STR
     import search.tuner as TU
     t_imp = time.perf_counter() - t_imp
 

@@ -89,7 +89,7 @@ def _setup_torch() -> None:
 
 
 def _config(name: str, steps: int, data_dir: str) -> Any:
-    from trainables.config import TrainConfig
+    from trainables.trainconfig import TrainConfig
 
     _, lr, _ = CANDIDATES[name]
     return TrainConfig.for_task("sst2", model="minilm", data_dir=data_dir, max_steps=steps, eval_every=steps,
@@ -97,7 +97,7 @@ def _config(name: str, steps: int, data_dir: str) -> Any:
 
 
 def _design(name: str) -> Any:
-    from trainables.design import DesignPoint
+    from trainables.designpoint import DesignPoint
     from trainables.presets import get_preset
 
     spec = CANDIDATES[name][0]
@@ -164,7 +164,7 @@ def _engine(model: Any, cfg: Any) -> Any:
 def run_peft(steps: int, data_dir: str) -> dict[str, Any]:
     """Our loop's step (trainables.loop.train) with PEFT's model: same batches, optimizer, schedule, evaluation."""
     from trainables import data as D
-    from trainables.counting import count_params
+    from trainables.accounting import count_params
     from trainables.loop import evaluate, loss_of, prepare_data, to_device
 
     model, tokenizer, cfg, task = _peft_model(steps, data_dir)

@@ -19,7 +19,7 @@ def make_optimizer(model: nn.Module, lr: float) -> tuple[torch.optim.Optimizer, 
 
 
 def make_cfg(engine: str, precision: str, batch: int, zero_stage: int) -> Any:
-    from trainables.config import TrainConfig
+    from trainables.trainconfig import TrainConfig
 
     # en-ro's recipe, with sentence batches of `batch` rows (the engine sizes DeepSpeed's micro-batch from it).
     return TrainConfig.for_task("en-ro", engine=engine, precision=precision, batch_size=batch, max_tokens=None,

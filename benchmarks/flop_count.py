@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from trainables.design import Backbone, DesignPoint
+from trainables.designpoint import DesignPoint
+from trainables.vocabulary import Backbone
 from trainables.flops import Shape, micro_batch_flops, peak_flops
 
 __all__ = ["add_mfu", "executed_flops", "peak_flops", "step_flops"]

@@ -76,7 +76,7 @@ def rss_mb() -> float:
 # model and data
 # ---------------------------------------------------------------------------------------------------------------------
 def big_config(smoke: bool) -> Any:
-    from trainables.configs import load_config
+    from trainables.hubconfigs import load_config
     from trainables.tiny import tiny_config
 
     if smoke:
@@ -182,7 +182,7 @@ def throughput(mode: str, precision: str, args: argparse.Namespace, config: Any,
 def parity(args: argparse.Namespace, gpu: torch.device | None) -> dict[str, Any]:
     from transformers import AutoModelForSeq2SeqLM
 
-    from trainables.design import DesignPoint
+    from trainables.designpoint import DesignPoint
     from trainables.engine import TorchEngine
     from trainables.inject import inject
     from trainables.tiny import tiny_config

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 from trainables.inject import inject
 from trainables.petl.forms import PrefixKV
 from trainables.petl.insertion import HeadSite

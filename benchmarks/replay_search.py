@@ -80,7 +80,7 @@ def build_table(args: argparse.Namespace) -> int:
     """Train the grid's points whose index ≡ shard (mod shards); resumable (done keys are skipped)."""
     import torch
 
-    from trainables.design import DesignPoint
+    from trainables.designpoint import DesignPoint
     from trainables.loop import train
 
     torch.set_num_threads(1)

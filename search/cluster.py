@@ -89,7 +89,7 @@ class Bundle:
 
 
 def worker_bundle(cpus_per_trial: float, gpus_per_trial: float, workers: int) -> Bundle:
-    """The per-worker request `search.trial._run_distributed` makes (CPUs split over workers, GPUs per worker)."""
+    """The per-worker request `search.trainable._run_distributed` makes (CPUs split over workers, GPUs per worker)."""
     return Bundle(cpu=max(cpus_per_trial / workers, 0.01), gpu=gpus_per_trial)
 
 

@@ -29,7 +29,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from trainables.design import SITES, DesignPoint, SiteSpec
+from trainables.designpoint import DesignPoint, SiteSpec
+from trainables.vocabulary import SITES
 
 # ---- tags ---------------------------------------------------------------------------------------------------------
 PARENT_RUN_TAG = "mlflow.parentRunId"

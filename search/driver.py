@@ -142,7 +142,7 @@ def run_and_judge(p: SearchPlan, args: argparse.Namespace, client: Any, parent_i
             "tracking_queued": f"records in {search_dir / 'tracking_outbox.json'}; rerun with --resume once the "
                                "store is back"}.get(state)
     if not queued:
-        from search.summary import finish
+        from search.finish import finish
 
         finish(client, parent_id, p.tracking_uri, str(search_dir / "report"), status=STATES[state][1], state=state)
     extra = {**where, **outcome_fields(o), "signal": signals.received, "hint": hint}

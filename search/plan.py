@@ -20,8 +20,8 @@ from search.preflight import check_data_dir, check_flags, check_local_resources,
 from search.rungs import rung_steps
 from search.space import BranchWalker, SearchSpace, load_space
 from search.studyplan import grid_configs, planned_trials, replicate_seeds
-from trainables.config import parse_overrides
-from trainables.counting import count_params
+from trainables.trainconfig import parse_overrides
+from trainables.accounting import count_params
 from trainables.presets import load_presets
 from trainables.runconfig import RunConfig, resolve_run
 from trainables.tasks import Task, get_task
@@ -174,7 +174,7 @@ def study_configs(args: argparse.Namespace, space: SearchSpace, sampler: SpaceSa
     """The fixed configs of a study (a grid, or a front handed over by search.reevaluate); None for an optimizer."""
     front = getattr(args, "front", None)
     if front is not None:
-        from trainables.design import DesignPoint
+        from trainables.designpoint import DesignPoint
 
         return [sampler.price(DesignPoint.from_dict(c["design"]), c["train"], c.get("preset")) for c in front]
     if args.sampler != "grid":

@@ -3,7 +3,7 @@
 `--seeds N` trains every design the search evaluates under N training seeds: the resolved training seed (the task
 recipe's, or the one a space or `--set` fixes) and the N-1 after it. Each seed is its own Ray trial, so seeds run in
 parallel, resume, fail and are recorded like any trial (MLflow: `train.seed`, and the `petl.design_key` tag their
-design shares); the result memo (`search.trial.ResultMemo`) keys on the whole training config, seed included, so a
+design shares); the result memo (`search.trainable.ResultMemo`) keys on the whole training config, seed included, so a
 seed is never answered from another seed's result.
 
 With an optimizer, `ReplicateSearcher` wraps the Optuna searcher: it asks Optuna for a design once, hands its N

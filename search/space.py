@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from search.yamlsafe import load_yaml, short
-from trainables.config import check_setting, coerce
-from trainables.design import NONE, SITES, DesignPoint, Representation
+from trainables.trainconfig import check_setting, coerce
+from trainables.designpoint import DesignPoint
+from trainables.vocabulary import NONE, SITES, Representation
 from trainables.presets import get_preset
 from trainables.runconfig import setting_kinds, setting_type
 
@@ -471,7 +472,7 @@ def _dim_key(dim: Dim | None) -> Any:
 
 def _train(raw: Mapping) -> dict[str, Dim]:
     """The space's `train:` values, each checked at every value it can take by the run configuration's own rule
-    (`trainables.config.RULES`), so a bad high end is named here, with its key, not in every trial."""
+    (`trainables.trainconfig.RULES`), so a bad high end is named here, with its key, not in every trial."""
     kinds = setting_kinds()  # the run configuration's settings (trainables.runconfig), epochs and eval_epochs included
     train: dict[str, Dim] = {}
     for key, value in raw.items():

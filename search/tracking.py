@@ -29,7 +29,7 @@ from analysis.mlflow_filter import runs_where
 from search import contract as C
 from search.outbox import Outbox, http_policy, is_transient
 from search.searcher import outcome
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 
 PARENT_KEY = C.SEARCH_DIR_TAG
 

@@ -46,7 +46,7 @@ def fit(plan: Any, searcher: Any, callback: Any, resume: bool = False) -> Any:
     Returns Ray Tune's ResultGrid (trials in their final or, after a stop signal, unfinished states)."""
     from ray import tune
 
-    from search.trial import run_trial
+    from search.trainable import run_trial
 
     _init_ray(plan.address, None)
     trial = plan.trial

@@ -16,7 +16,7 @@ from analysis.pareto import hypervolume
 from analysis.plots import family_colors, front_figure, front_figure_html, hover_text
 from analysis.synthetic import SyntheticTrial, records_of, runs_of, synthetic_fraction
 from search.contract import Reference
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 from trainables.presets import get_preset
 
 PA = DesignPoint.from_dict({"ffn": {"form": "relu", "size": 8}})  # PA, fraction 1.18e-3

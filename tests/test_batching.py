@@ -8,7 +8,7 @@ import pytest
 
 from trainables import data as D
 from trainables.batching import SentenceBatches, TokenBatches, item_lengths, token_batches
-from trainables.config import TrainConfig
+from trainables.trainconfig import TrainConfig
 from trainables.loop import prepare_data
 from trainables.tasks import get_task
 

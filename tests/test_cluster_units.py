@@ -22,8 +22,8 @@ from search.plan import SearchError
 from search.slurm import base_port, ports, render
 from search.submit import check_batch_args
 from search.submit import main as submit_main
-from search.trial import deterministic, failure_reason
-from trainables.report import TrialFailure
+from search.trainable import deterministic, failure_reason
+from trainables.reporter import TrialFailure
 
 ROOT = Path(__file__).resolve().parents[1]
 

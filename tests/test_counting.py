@@ -8,10 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-from trainables.configs import load_config
+from trainables.hubconfigs import load_config
 from trainables.count import main as count_main
-from trainables.counting import count_params
-from trainables.design import Backbone, DesignPoint
+from trainables.accounting import count_params
+from trainables.designpoint import DesignPoint
+from trainables.vocabulary import Backbone
 from trainables.inject import fold_prefixes, inject
 from trainables.petl.base import petl_named_parameters
 from trainables.presets import get_preset, load_presets

@@ -6,16 +6,8 @@ import dataclasses
 
 import pytest
 
-from trainables.design import (
-    Backbone,
-    Composition,
-    DesignPoint,
-    Form,
-    Init,
-    Insertion,
-    LayerNormPos,
-    SiteSpec,
-)
+from trainables.designpoint import DesignPoint, SiteSpec
+from trainables.vocabulary import Backbone, Composition, Form, Init, Insertion, LayerNormPos
 from trainables.presets import load_presets, parse_presets
 
 RELU = dict(form=Form.RELU, size=8)

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from trainables.checkpoint import load_trained, save_final
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 from trainables.export import FALLBACK, export_peft, main, peft_refusal
 from trainables.inject import inject
 from trainables.presets import get_preset

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
 from trainables.cost import GpuModel
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 from trainables.flops import Shape, micro_batch_flops
 from trainables.inject import inject
 from trainables.tiny import tiny_config

@@ -67,7 +67,7 @@ def test_help_imports_no_torch(module: str) -> None:
 
 
 def test_count_takes_the_minilm_alias_and_the_dataset_flag(capsys: pytest.CaptureFixture[str]) -> None:
-    from trainables.counting import TASKS
+    from trainables.accounting import TASKS
 
     assert KINDS == TASKS
     # LoRA r=16 on W_q and W_v of MiniLM-L6 (d=384): 6 layers x 2 matrices x 16 x (384 + 384) = 147,456; the

@@ -15,8 +15,8 @@ from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModel
                           BartForCausalLM, MBartForCausalLM)
 
 from trainables.checkpoint import load_trained, save_final
-from trainables.counting import count_params
-from trainables.design import DesignPoint
+from trainables.accounting import count_params
+from trainables.designpoint import DesignPoint
 from trainables.inject import inject
 from trainables.petl.base import PetlModule, petl_named_parameters
 from trainables.petl.insertion import attn_implementation

@@ -15,13 +15,13 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from trainables import loop
 from trainables.batching import SentenceBatches
 from trainables.checkpoint import load_trained, read_design
-from trainables.config import TrainConfig
+from trainables.trainconfig import TrainConfig
 from trainables.data import word_tokenizer
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 from trainables.loop import train
 from trainables.models import build
 from trainables.presets import get_preset
-from trainables.report import REPORT_KEYS, ListReporter, TrialFailure
+from trainables.reporter import REPORT_KEYS, ListReporter, TrialFailure
 from trainables.tasks import get_task
 from trainables.tiny import tiny_config
 from trainables.trial import main as trial_main

@@ -13,7 +13,7 @@ from tokenizers.processors import TemplateProcessing
 from transformers import AutoModelForSeq2SeqLM, GenerationConfig, PreTrainedTokenizerFast
 
 from trainables import models
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 from trainables.models import build, check_fit, check_lengths
 from trainables.presets import get_preset
 from trainables.tasks import get_task

@@ -9,7 +9,8 @@ import torch
 from torch.nn import functional as F
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-from trainables.design import Composition, DesignPoint, Form, Init, Insertion, SiteSpec
+from trainables.designpoint import DesignPoint, SiteSpec
+from trainables.vocabulary import Composition, Form, Init, Insertion
 from trainables.inject import fold_prefixes, inject
 from trainables.petl.composition import gated_by_concatenation
 from trainables.petl.insertion import HeadSite, SublayerSite, WeightSite

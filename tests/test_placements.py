@@ -11,7 +11,8 @@ import torch
 from torch.nn import functional as F
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-from trainables.design import Composition, DesignPoint, Form, Init, Insertion, LayerNormPos, SiteSpec
+from trainables.designpoint import DesignPoint, SiteSpec
+from trainables.vocabulary import Composition, Form, Init, Insertion, LayerNormPos
 from trainables.inject import inject
 from trainables.sitemap import get_path
 from trainables.tiny import tiny_config

@@ -12,14 +12,14 @@ from torch.nn import functional as F
 from trainables import tasks as T
 from trainables.batching import SentenceBatches, TokenBatches
 from trainables.checkpoint import load_trained
-from trainables.config import TrainConfig
+from trainables.trainconfig import TrainConfig
 from trainables.data import toy_tokenizer
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 from trainables.engine import TorchEngine
 from trainables.loop import (Data, Tally, evaluate, loss_of, lr_schedule, make_optimizer, prepare_data, seed_everything,
                              train, train_step)
 from trainables.models import build
-from trainables.report import ListReporter
+from trainables.reporter import ListReporter
 from trainables.runconfig import resolve_run
 
 PA = DesignPoint.from_dict({"ffn": {"form": "relu", "size": 8, "composition": "scaled", "scale": 4.0, "init": "lora"}})

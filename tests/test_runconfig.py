@@ -16,7 +16,7 @@ from search.cli import build_parser
 from search.cli import main as search_main
 from search.plan import plan
 from search.scheduler import ParetoASHA
-from trainables.config import TrainConfig
+from trainables.trainconfig import TrainConfig
 from trainables.runconfig import resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_the_grace_period_follows_the_resolved_interval(tmp_path: Path) -> None:
 
 def test_a_search_builds_one_train_config_and_each_trial_one_more(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from search.trial import _train_config
+    from search.trainable import _train_config
 
     built = []
     original = TrainConfig.__post_init__

@@ -10,7 +10,7 @@ import yaml
 
 from search.driver import SpaceSampler
 from search.space import BranchWalker, load_space, parse_space, preset_params, validate
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 from trainables.presets import get_preset
 from trainables.tiny import tiny_config
 
@@ -182,7 +182,7 @@ def test_the_site_check_counts_exactly_the_branches_the_sampler_can_take() -> No
     import random
 
     from search.space import SiteCheck, _dim, _site_kind, sample_site, walk_branches
-    from trainables.design import Representation
+    from trainables.vocabulary import Representation
 
     rng = random.Random(0)
     pools = {"form": ["none", "relu", "identity", "softmax", "gelu"], "composition": ["add", "scaled", "gated"],

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from search.space import load_space
-from trainables.config import check_setting
+from trainables.trainconfig import check_setting
 
 SEED, CASES = 12, 300
 BASE: dict[str, Any] = {

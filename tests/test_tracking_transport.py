@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 from analysis.mlflow_filter import literal, runs_where, tag_filter
 from search.outbox import Outbox
 from search.tracking import MlflowSearchCallback, check_tracking, parent_run
-from search.trial import ResultMemo
-from trainables.config import TrainConfig
+from search.trainable import ResultMemo
+from trainables.trainconfig import TrainConfig
 
 AWKWARD = ["o'neil", 'say "hi"', "both ' and \"", "back\\slash", "/home/o'neil/petl runs/s", "a = 'b' or 1", ""]
 

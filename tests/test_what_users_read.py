@@ -17,9 +17,9 @@ from analysis.plots import front_figure, front_figure_html
 from analysis.report import write_report
 from analysis.synthetic import SyntheticTrial, fabricate_search, records_of, runs_of
 from search import contract as C
-from search.summary import front_table
+from search.finish import front_table
 from search.tracking import MlflowSearchCallback, parent_run
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 from trainables.presets import get_preset
 
 

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 from trainables.engine import TorchEngine, deepspeed_load_state, deepspeed_save_state, safe_load
 from trainables.inject import Injection, fold_prefixes, inject
 

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 from trainables.flops import Flops, Shape, micro_batch_flops
 from trainables.gpus import DEFAULT_GPU, DEFAULT_UTILIZATION, PEAK_BF16, peak_flops
 from trainables.runconfig import RunConfig

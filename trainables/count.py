@@ -12,7 +12,7 @@ import sys
 from trainables.presets import load_presets
 
 JSON_KEYS = ("trainable", "stored", "paper", "backbone", "fraction", "paper_percent", "petl_trainable", "task_head")
-KINDS = ("seq2seq", "classification", "causal")  # trainables.counting.TASKS (tests/test_counting.py pins equality)
+KINDS = ("seq2seq", "classification", "causal")  # trainables.accounting.TASKS (tests/test_counting.py pins equality)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_and_kind(args: argparse.Namespace) -> tuple[object, str | None, str]:
     """(model config, head kind, what was priced) from --model / --dataset / --kind."""
-    from trainables.configs import load_config
+    from trainables.hubconfigs import load_config
     from trainables.models import config_for, resolve_model_path
     from trainables.tasks import get_task
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.preset or not (args.model or args.dataset):
         parser.error("--preset and --model (or --dataset) are required (or --list-presets)")
-    from trainables.counting import count_params
+    from trainables.accounting import count_params
     from trainables.presets import get_preset
 
     try:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables.config import TrainConfig
+from trainables.trainconfig import TrainConfig
 
 
 class TorchEngine:

@@ -29,7 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trainables.design import Backbone, Composition, DesignPoint, Form, Representation
+from trainables.designpoint import DesignPoint
+from trainables.vocabulary import Backbone, Composition, Form, Representation
 
 PEFT, PETL, AUTO = "peft", "petl", "auto"
 PETL_FILES = ("design.json", "petl.safetensors")

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
-from trainables.design import Backbone, DesignPoint
+from trainables.designpoint import DesignPoint
+from trainables.vocabulary import Backbone
 from trainables.gpus import PEAK_BF16, peak_flops  # noqa: F401 (re-exported for benchmarks)
 from trainables.sitemap import AttnSlot, Dims, StackMap, dims, family_of, width
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from trainables.design import Backbone, DesignPoint, Insertion, Representation, SiteSpec
+from trainables.designpoint import DesignPoint, SiteSpec
+from trainables.vocabulary import Backbone, Insertion, Representation
 from trainables.petl.base import PetlModule, petl_named_parameters
 from trainables.petl.forms import PrefixKV
 from trainables.petl.insertion import (ATTN_IMPLEMENTATION, LINK, HeadSite, SublayerSite, WeightSite,
@@ -167,7 +168,7 @@ def set_trainable(model: nn.Module, dp: DesignPoint, fam: FamilyMap) -> None:
     """Freeze by structure: backbone per `dp.backbone`, every PetlModule trains, the task head iff chosen.
 
     A task head is not part of the backbone: with train_task_head false it stays frozen, BitFit's biases included,
-    which is what `trainables.counting` counts."""
+    which is what `trainables.accounting` counts."""
     petl = {id(p) for _, p in petl_named_parameters(model)}
     for name, p in model.named_parameters():
         if id(p) in petl:
@@ -206,7 +207,7 @@ def inject(model: nn.Module, dp: DesignPoint) -> Injection:
     Raises ValueError, before changing anything, for an unsupported model type or class, a model that already
     carries a design, and BitFit on a backbone without biases.
     """
-    from trainables.counting import check_bitfit
+    from trainables.accounting import check_bitfit
 
     fam = family_of(model.config)
     if any(isinstance(m, PetlModule) for m in model.modules()):

@@ -25,14 +25,14 @@ from transformers import get_scheduler
 from trainables import data as D
 from trainables.batching import SentenceBatches, TokenBatches, item_lengths, token_batches
 from trainables.checkpoint import load_resume, restore_selected, save_final, save_resume, save_selected
-from trainables.config import TrainConfig
-from trainables.counting import ParamCounts, count_params
-from trainables.design import DesignPoint
+from trainables.trainconfig import TrainConfig
+from trainables.accounting import ParamCounts, count_params
+from trainables.designpoint import DesignPoint
 from trainables.engine import make_engine
 from trainables.inject import inject
 from trainables.metrics import get_metric
 from trainables.models import build
-from trainables.report import NullReporter, Reporter, TrialFailure
+from trainables.reporter import NullReporter, Reporter, TrialFailure
 from trainables.selection import Selection
 
 

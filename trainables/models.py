@@ -7,9 +7,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
-from trainables.counting import count_params
+from trainables.accounting import count_params
 from trainables.data import load_tokenizer
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 from trainables.sitemap import family_of
 from trainables.tasks import Task
 
@@ -152,7 +152,7 @@ def build(task: Task, design: DesignPoint, model: str | None = None, max_length:
 
 def config_for(task: Task, model: str | None = None) -> PretrainedConfig:
     """The model config a trial of `task` will use, without loading weights (for pricing designs up front)."""
-    from trainables.configs import load_config
+    from trainables.hubconfigs import load_config
 
     path = resolve_model_path(task, model)
     if path is None:

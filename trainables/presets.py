@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 
 PRESETS_FILE = Path(__file__).resolve().parent / "presets.yaml"
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.config import TrainConfig, check_setting, coerce, field_kinds
+from trainables.trainconfig import TrainConfig, check_setting, coerce, field_kinds
 from trainables.tasks import Task, get_task
 
 RESERVED = ("task", "model", "data_dir", "out_dir")  # what a run is, not how it trains: never a layer's setting
@@ -113,7 +113,7 @@ def settings_help() -> list[str]:
     """One line per setting `--set` (or a space's `train:`) accepts: its type, its default and its rule. The default
     is the task's recipe (`recipe_settings`; one value when every task agrees, else per task, `-` where a recipe
     leaves it to its other form, e.g. epochs vs max_steps) or, for settings no recipe sets, TrainConfig's own."""
-    from trainables.config import RULES
+    from trainables.trainconfig import RULES
     from trainables.tasks import get_task, task_names
 
     recipes = {name: recipe_settings(get_task(name)) for name in task_names()}

@@ -2,7 +2,7 @@
 
 Paths are relative to a layer of a stack; stack paths are relative to the model's `base_model` (so the same map serves
 `BartForConditionalGeneration` and `BartForSequenceClassification`). Dimensions come from the config alone, which is
-what lets `trainables.counting` price a design before any model exists.
+what lets `trainables.accounting` price a design before any model exists.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from trainables.config import parse_overrides
-from trainables.design import DesignPoint
+from trainables.trainconfig import parse_overrides
+from trainables.designpoint import DesignPoint
 from trainables.gpus import DEFAULT_GPU, DEFAULT_UTILIZATION
 from trainables.presets import get_preset
 from trainables.runconfig import RunConfig, resolve_run
@@ -62,9 +62,9 @@ def resolve(args: argparse.Namespace) -> tuple[str, DesignPoint, RunConfig]:
 
 def dry_run(name: str, design: DesignPoint, run: RunConfig, args: argparse.Namespace) -> int:
     from trainables.cost import GpuModel
-    from trainables.counting import count_params
+    from trainables.accounting import count_params
     from trainables.models import check_fit, config_for
-    from trainables.plan import cost_lines, run_lines, run_plan
+    from trainables.runplan import cost_lines, run_lines, run_plan
 
     config = config_for(run.task, run.train.model)
     check_fit(run.task, config, design, run.train.max_length, run.train.max_target_length)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from trainables.loop import train  # heavy imports after argument errors
-    from trainables.report import TrialFailure
+    from trainables.reporter import TrialFailure
 
     bar = tqdm(total=cfg.max_steps, desc=f"{name} on {cfg.task}", unit="step", disable=args.json)
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
-from trainables.counting import ParamCounts, count_params
-from trainables.design import DesignPoint, Representation
+from trainables.accounting import ParamCounts, count_params
+from trainables.designpoint import DesignPoint
+from trainables.vocabulary import Representation
 
 DESIGNS_FILE = Path(__file__).with_name("designs.yaml")
 TAGS = ("preset", "control")  # `serves` values that are not conclusions: they take no partners

@@ -52,7 +52,7 @@ class CurveReporter:
 
 def make_config(settings: dict[str, Any], **extra: Any) -> Any:
     """The run's TrainConfig: the task's recipe with the tier's settings on top."""
-    from trainables.config import TrainConfig
+    from trainables.trainconfig import TrainConfig
 
     rest = {k: v for k, v in {**settings, **extra}.items() if k != "task"}
     return TrainConfig.for_task(settings["task"], **rest)
@@ -110,9 +110,9 @@ def _row(spec: dict[str, Any], rep: CurveReporter, steps: list[float]) -> dict[s
 
 
 def execute(spec: dict[str, Any]) -> dict[str, Any]:
-    from trainables.design import DesignPoint
+    from trainables.designpoint import DesignPoint
     from trainables.loop import train
-    from trainables.report import TrialFailure
+    from trainables.reporter import TrialFailure
 
     run_dir = Path(spec["run_dir"])
     rep = CurveReporter(run_dir)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from trainables.design import Form, Init, LayerNormPos
+from trainables.vocabulary import Form, Init, LayerNormPos
 from trainables.petl.base import PetlModule
 
 ACTIVATIONS: dict[Form, type[nn.Module]] = {

@@ -31,7 +31,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.pytorch_utils import Conv1D
 
-from trainables.design import Composition, Form, Init, Insertion, SiteSpec
+from trainables.designpoint import SiteSpec
+from trainables.vocabulary import Composition, Form, Init, Insertion
 from trainables.petl.base import PetlModule
 from trainables.petl.composition import Scale, compose, expand_heads, gated_by_concatenation
 from trainables.petl.forms import ACTIVATIONS, Bottleneck, head_form

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from trainables.cost import Batches, GpuModel, bound_batches, measured_batches, trial_cost
-from trainables.design import DesignPoint
+from trainables.designpoint import DesignPoint
 from trainables.runconfig import RunConfig
 
 FLOPS_COUNTED = ("matrix products, 2 FLOPs per multiply-add: forward; input gradients only where the input depends on "

@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainables.config import TrainConfig
-from trainables.design import DesignPoint
-from trainables.report import TrialFailure
+from trainables.trainconfig import TrainConfig
+from trainables.designpoint import DesignPoint
+from trainables.reporter import TrialFailure
 
 if TYPE_CHECKING:
     from search.plan import TrialContext

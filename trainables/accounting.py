@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
-from trainables.design import Backbone, DesignPoint, Insertion, LayerNormPos, Representation, SiteSpec
+from trainables.designpoint import DesignPoint, SiteSpec
+from trainables.vocabulary import Backbone, Insertion, LayerNormPos, Representation
 from trainables.sitemap import Dims, Proj, dims, family_of, width
 
 # He et al. anchor every percentage on "prefix l=200 = 3.6%", i.e. N / 409.6M, for BART *and* mBART (seed spec §3.2).
