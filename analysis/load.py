@@ -40,7 +40,7 @@ class SearchNotFoundError(LookupError):
 
 
 def _client_uri(client: MlflowClient) -> str:
-    return str(getattr(client, "tracking_uri", None) or client._tracking_client.tracking_uri)
+    return str(client.tracking_uri)  # a public attribute of MlflowClient (MLflow 3.17), never its private client
 
 
 def make_client(tracking_uri: str | None = None) -> MlflowClient:

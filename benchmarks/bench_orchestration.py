@@ -4,7 +4,7 @@
     python benchmarks/bench_orchestration.py --only noop,noop-fix  # a subset
 
 Every scenario is one whole search, `search.cli.main` exactly as `python search/run.py` runs it (plan, MLflow parent
-run, Ray Tune with TruthfulOptunaSearch + SpaceSampler over spaces/smoke.yaml, the banded scheduler, the MLflow
+run, Ray Tune with FullFidelityOptunaSearch + DefineByRunSpace over spaces/smoke.yaml, the banded scheduler, the MLflow
 callback, the final summary), at --concurrency 2, in a fresh subprocess so each pays its own Ray start. Only the
 trainable is swapped (through `search.trainable.run_trial`, which `search.tuner.fit` imports at call time):
 
@@ -191,22 +191,22 @@ def run_scenario(name: str, trials: int, workdir: Path, out_json: Path) -> None:
                       ("param_importance", "  param_importance (fANOVA)"),
                       ("importance_figure_png", "  importance.png"), ("like_for_like", "  like_for_like effects")):
         T.wrap(AR, attr, key, phased=True)
-    T.wrap(SS.TruthfulOptunaSearch, "on_trial_complete", "searcher: tell (on_trial_complete)")
+    T.wrap(SS.FullFidelityOptunaSearch, "on_trial_complete", "searcher: tell (on_trial_complete)")
 
     suggest_at: dict[str, float] = {}
     finish_at: dict[str, float] = {}
-    orig_suggest = SS.TruthfulOptunaSearch.suggest
+    orig_suggest = SS.FullFidelityOptunaSearch.suggest
 
     def suggest(self, trial_id):  # noqa: ANN001, ANN202
         t0 = time.perf_counter()
         out = orig_suggest(self, trial_id)
-        T.total["searcher: suggest (TPE + SpaceSampler)"] += time.perf_counter() - t0
-        T.count["searcher: suggest (TPE + SpaceSampler)"] += 1
+        T.total["searcher: suggest (TPE + DefineByRunSpace)"] += time.perf_counter() - t0
+        T.count["searcher: suggest (TPE + DefineByRunSpace)"] += 1
         if out is not None:
             suggest_at[trial_id] = time.time()
         return out
 
-    SS.TruthfulOptunaSearch.suggest = suggest
+    SS.FullFidelityOptunaSearch.suggest = suggest
     orig_finish = cb._finish
 
     def _finish(self, trial, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202

@@ -46,7 +46,7 @@ def report(results: list[dict]) -> str:
     for r in results:
         keys += [k for k in r["timers"] if k not in keys]
     order = ["ray start", "plan", "mlflow check", "mlflow parent run", "tune fit",
-             "searcher: suggest (TPE + SpaceSampler)", "searcher: tell (on_trial_complete)",
+             "searcher: suggest (TPE + DefineByRunSpace)", "searcher: tell (on_trial_complete)",
              "cb: child run create (on_trial_start)", "cb: metrics log (on_trial_result)",
              "cb: _finish (incl. refresh)", "cb: _refresh", "cb: progress line"]
     keys = [k for k in order if k in keys] + sorted(k for k in keys if k not in order and

@@ -10,8 +10,8 @@ record its learning curve, then run the search many times against the table. Her
 `table` trains each (design, lr) of the grid space with the real `trainables.loop.train` (MiniLM, SST-2 sample,
 90 steps, evaluation every 10) and appends {key, fraction, curve {step: score}} to JSONL shards.
 
-`replay` drives the *production* classes without Ray: `search.searcher.TruthfulOptunaSearch` over
-`search.driver.SpaceSampler` (TPE, the driver's settings) suggests configs, and `search.scheduler.make_scheduler`
+`replay` drives the *production* classes without Ray: `search.searcher.FullFidelityOptunaSearch` over
+`search.driver.DefineByRunSpace` (TPE, the driver's settings) suggests configs, and `search.scheduler.make_scheduler`
 decides CONTINUE/STOP at every evaluation, exactly as Ray Tune would call them. Time is simulated in optimizer steps
 with `--concurrency` workers (a trial's evaluations arrive in step order across workers); a trial's score at step t is
 the table's. Compute = Σ steps trained; HV = `analysis.pareto.hypervolume` of full-fidelity trials (same reference
@@ -42,12 +42,12 @@ def key_of(config: dict[str, Any]) -> str:
 
 
 def sampler_for(space_path: Path, data_dir: str | None = None) -> Any:
-    """(SpaceSampler, resolved run configuration, task) exactly as `petl-search --space ...` plans them."""
+    """(DefineByRunSpace, resolved run configuration, task) exactly as `petl-search --space ...` plans them."""
     from search.cli import build_parser
     from search.plan import plan
 
     p = plan(build_parser().parse_args(["--space", str(space_path)] + (["--data-dir", data_dir] if data_dir else [])))
-    return p.sampler, p.run, p.task
+    return p.define_by_run, p.run, p.task
 
 
 def grid_configs(space_path: Path) -> list[dict[str, Any]]:
@@ -138,11 +138,11 @@ def simulate(method: str, seed: int, table: dict[str, dict[str, Any]], sampler: 
     from ray.tune.schedulers import TrialScheduler
 
     from search.scheduler import make_scheduler
-    from search.searcher import TruthfulOptunaSearch
+    from search.searcher import FullFidelityOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)  # = driver's
-    searcher = TruthfulOptunaSearch(space=sampler, sampler=tpe, max_steps=max_t)
+    searcher = FullFidelityOptunaSearch(space=sampler, sampler=tpe, max_steps=max_t)
     scheduler = make_scheduler(method, max_t=max_t, grace_period=grace, reduction_factor=eta, bands_per_decade=bands)
     events: list[tuple[float, int, str, int]] = []
     trials: dict[str, tuple[_Trial, dict[str, Any]]] = {}

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from search.names import check_name
-from search.plan import SearchError, SearchPlan, SpaceSampler, plan
+from search.plan import SearchError, SearchPlan, DefineByRunSpace, plan
 from search.space import preset_params
 
 
@@ -30,7 +30,7 @@ def make_searcher(p: SearchPlan) -> Any:
 def optuna_searcher(p: SearchPlan) -> Any:
     import optuna
 
-    from search.searcher import TruthfulOptunaSearch
+    from search.searcher import FullFidelityOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if p.sampler_kind == "nsga2":
@@ -38,7 +38,7 @@ def optuna_searcher(p: SearchPlan) -> Any:
     else:  # multivariate + group model conditional spaces jointly; constant liar spreads concurrent suggestions
         sampler = optuna.samplers.TPESampler(seed=p.seed, multivariate=True, group=True, constant_liar=True)
     points = [preset_params(p.space, name) for name in p.space.presets]
-    return TruthfulOptunaSearch(space=p.sampler, sampler=sampler, points_to_evaluate=points or None,
+    return FullFidelityOptunaSearch(space=p.define_by_run, sampler=sampler, points_to_evaluate=points or None,
                                 max_steps=p.max_steps, max_fraction=p.trial.max_param_fraction)
 
 
@@ -173,4 +173,4 @@ def cluster_lost(p: SearchPlan, client: Any, parent_id: str, where: dict[str, An
         os._exit(code)  # Ray's threads may hang on the lost GCS: end now, with the code a scheduler reads
 
 
-__all__ = ["SearchError", "SearchPlan", "SpaceSampler", "make_searcher", "plan", "run_search"]
+__all__ = ["SearchError", "SearchPlan", "DefineByRunSpace", "make_searcher", "plan", "run_search"]

@@ -63,9 +63,9 @@ def expected_steps(s: Schedule) -> float:
 
 def search_plan(p: SearchPlan, gpu: GpuModel) -> dict[str, Any]:
     designs = costed_designs(p)
-    plan = run_plan(p.run, designs, p.sampler.config, gpu)
+    plan = run_plan(p.run, designs, p.define_by_run.config, gpu)
     for entry, (_, design) in zip(plan["cost"]["per_trial"], designs, strict=True):
-        entry["fraction"] = count_params(design, p.sampler.config, p.task.kind).fraction
+        entry["fraction"] = count_params(design, p.define_by_run.config, p.task.kind).fraction
     s, t = p.schedule, p.trial
     per_step = statistics.median(c["flops"] / c["steps"] for c in plan["cost"]["per_trial"])
     tokens_per_step = plan["cost"]["tokens_per_step"]

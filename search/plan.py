@@ -27,8 +27,10 @@ from trainables.runconfig import RunConfig, resolve_run
 from trainables.tasks import Task, get_task
 
 
-class SpaceSampler:
-    """Optuna define-by-run: sample a design, price it exactly, return constants (picklable for --resume)."""
+class DefineByRunSpace:
+    """The space as Optuna's define-by-run function: sample a design in an Optuna trial, price it exactly, return
+    the trial config (constants, picklable for --resume). Not an Optuna sampler: the sampler (TPE, NSGA-II) chooses
+    the values this function asks the trial for."""
 
     def __init__(self, space: SearchSpace, config: Any, task_kind: str) -> None:
         self.space, self.config, self.task_kind = space, config, task_kind
@@ -80,7 +82,7 @@ class Schedule:
 class SearchPlan:
     space: SearchSpace
     run: RunConfig
-    sampler: SpaceSampler
+    define_by_run: DefineByRunSpace  # the space as Optuna's define-by-run function (`space=` of OptunaSearch)
     schedule: Schedule
     trial: TrialContext
     name: str
@@ -131,10 +133,11 @@ def plan(args: argparse.Namespace) -> SearchPlan:
         _check_lengths(run, model_config, sampled)  # before Ray starts
         schedule = _schedule(args, run)
         space = dataclasses.replace(space, train=sampled)  # fixed settings live in `run`; the sampler samples the rest
-        sampler = SpaceSampler(space, model_config, run.task.kind)
-        sampler(BranchWalker([]))  # prices one design now: the model family must fit, and the meta statistics build
+        define_by_run = DefineByRunSpace(space, model_config, run.task.kind)
+        # prices one design now: the model family must fit, and the meta statistics build
+        define_by_run(BranchWalker([]))
         seeds = replicate_seeds(args.seeds, run.train.seed)
-        study = study_configs(args, space, sampler)
+        study = study_configs(args, space, define_by_run)
     except (ValueError, OSError) as err:  # OSError: a data file that is missing or unreadable
         raise SearchError(str(err)) from None
     check_local_resources(args)
@@ -143,11 +146,12 @@ def plan(args: argparse.Namespace) -> SearchPlan:
     trials = planned_trials(study, len(seeds), best_lr) if study is not None else (args.num_samples or 8) * len(seeds)
     name = search_name(args.name or default_name(args.space, run.task.name))
     storage = storage_folder(args.storage)
-    trial = TrialContext(run=run, trials_dir=str(storage / name / "trials"), results_dir=str(storage / name / "results"),
+    trial = TrialContext(run=run, trials_dir=str(storage / name / "trials"),
+                         results_dir=str(storage / name / "results"),
                          storage=str(storage), max_param_fraction=args.max_param_fraction,
                          rerun_duplicates=args.rerun_duplicates, cpus_per_trial=args.cpus_per_trial,
                          gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial)
-    return SearchPlan(space=space, run=run, sampler=sampler, schedule=schedule, trial=trial, name=name,
+    return SearchPlan(space=space, run=run, define_by_run=define_by_run, schedule=schedule, trial=trial, name=name,
                       storage=storage, tracking_uri=args.tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}",
                       experiment=args.experiment or name, num_samples=trials, concurrency=args.concurrency,
                       max_failures=args.max_failures, address=args.address, sampler_kind=args.sampler, seed=args.seed,
@@ -169,17 +173,17 @@ def _candidates(dim: Any) -> tuple[Any, ...]:
     return (dim.low, dim.high) if dim.kind in ("int", "float") else tuple(dim.values)
 
 
-def study_configs(args: argparse.Namespace, space: SearchSpace, sampler: SpaceSampler
+def study_configs(args: argparse.Namespace, space: SearchSpace, define_by_run: DefineByRunSpace
                   ) -> list[dict[str, Any]] | None:
     """The fixed configs of a study (a grid, or a front handed over by search.reevaluate); None for an optimizer."""
     front = getattr(args, "front", None)
     if front is not None:
         from trainables.designpoint import DesignPoint
 
-        return [sampler.price(DesignPoint.from_dict(c["design"]), c["train"], c.get("preset")) for c in front]
+        return [define_by_run.price(DesignPoint.from_dict(c["design"]), c["train"], c.get("preset")) for c in front]
     if args.sampler != "grid":
         return None
-    return grid_configs(space, sampler)
+    return grid_configs(space, define_by_run)
 
 
 def resolve_study_flags(args: argparse.Namespace) -> None:
@@ -216,7 +220,8 @@ def task_reference(task: Task, train: Any) -> Any:
 
 
 def _schedule(args: argparse.Namespace, run: RunConfig) -> Schedule:
-    """ASHA's grace period defaults to the resolved evaluation interval: a trial can only be judged where it reports."""
+    """ASHA's grace period defaults to the resolved evaluation interval: a trial can only be judged where it
+    reports."""
     every, max_t = run.train.eval_every, run.train.max_steps
     grace = args.grace_period if args.grace_period is not None else every
     if args.scheduler != "none" and (grace < 1 or grace % every):
@@ -227,4 +232,4 @@ def _schedule(args: argparse.Namespace, run: RunConfig) -> Schedule:
                     bands_per_decade=args.bands_per_decade, rungs=rungs)
 
 
-__all__ = ["Schedule", "SearchError", "SearchPlan", "SpaceSampler", "TrialContext", "plan", "storage_folder"]
+__all__ = ["Schedule", "SearchError", "SearchPlan", "DefineByRunSpace", "TrialContext", "plan", "storage_folder"]

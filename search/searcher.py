@@ -12,7 +12,6 @@ never counted a skipped trial, so 47-49 of every 50 trials stayed over budget.)
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from optuna.trial import TrialState
@@ -22,7 +21,6 @@ from ray.tune.search.optuna import OptunaSearch
 # reported; the rungs compare the score at their own step instead (search.scheduler).
 OBJECTIVES, DIRECTIONS = ["selected_score", "fraction"], ["max", "min"]
 BUDGET_KEY = "max_param_fraction"  # the Optuna constraint: fraction - limit, feasible when <= 0
-log = logging.getLogger(__name__)
 
 
 def outcome(result: dict[str, Any] | None, max_steps: int, error: bool = False) -> str:
@@ -36,7 +34,40 @@ def outcome(result: dict[str, Any] | None, max_steps: int, error: bool = False) 
     return "stopped"
 
 
-class TruthfulOptunaSearch(OptunaSearch):
+# ---- adapter: Ray's OptunaSearch keeps the Optuna study and its live trials in private attributes, and telling
+# Optuna a trial's true state needs both. Every read goes through these three functions;
+# tests/test_search_units.py::test_the_ray_optuna_adapter_reaches_the_study_and_its_trials fails if Ray renames them.
+def _private(search: OptunaSearch, name: str) -> Any:
+    try:
+        return getattr(search, name)
+    except AttributeError:
+        import ray
+
+        raise RuntimeError(f"ray.tune.search.optuna.OptunaSearch (ray {ray.__version__}) has no attribute {name!r}, "
+                           "which search/searcher.py's adapter reads to tell Optuna the truth about a trial; "
+                           "update the adapter to this Ray version") from None
+
+
+def optuna_study(search: OptunaSearch) -> Any:
+    """The optuna.Study behind Ray's OptunaSearch."""
+    return _private(search, "_ot_study")
+
+
+def optuna_trials(search: OptunaSearch) -> dict[str, Any]:
+    """Ray trial id -> the live optuna.Trial it was suggested from (removed by Ray when told complete)."""
+    return _private(search, "_ot_trials")
+
+
+def told_trials(search: OptunaSearch) -> set[str]:
+    """Ray trial ids whose outcome was already told to Optuna."""
+    return _private(search, "_completed_trials")
+
+
+class FullFidelityOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch with two objectives [selected_score max, fraction min] that tells Optuna COMPLETE only for
+    trials that reached `max_steps` (PRUNED for early-stopped, FAIL for failed ones) and keeps over-budget draws
+    (`max_fraction`) from ever taking a trial slot (module docstring)."""
+
     def __init__(self, *args: Any, max_steps: int, max_fraction: float | None = None, max_draws: int = 200,
                  **kwargs: Any) -> None:
         super().__init__(*args, metric=OBJECTIVES, mode=DIRECTIONS, **kwargs)
@@ -51,14 +82,14 @@ class TruthfulOptunaSearch(OptunaSearch):
             config = super().suggest(trial_id)
             if self.max_fraction is None or not isinstance(config, dict):
                 return config
-            ot_trial = self._ot_trials[trial_id]
+            ot_trial = optuna_trials(self)[trial_id]
             violation = float(config["fraction"]) - self.max_fraction
             ot_trial.set_constraint(BUDGET_KEY, violation)  # <= 0 is feasible; read by TPE and NSGA-II alike
             if violation <= 0 or draw == self.max_draws - 1:
                 return config
-            del self._ot_trials[trial_id]
+            del optuna_trials(self)[trial_id]
             ot_trial.set_user_attr("outcome", "rejected")
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            optuna_study(self).tell(ot_trial, state=TrialState.PRUNED)
             self.rejected += 1
         return None
 
@@ -66,16 +97,16 @@ class TruthfulOptunaSearch(OptunaSearch):
         state = outcome(result, self.max_steps, error)
         if state == "finished":
             return super().on_trial_complete(trial_id, result, error)
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in told_trials(self) or trial_id not in optuna_trials(self):
             return None
-        ot_trial = self._ot_trials[trial_id]
+        ot_trial = optuna_trials(self)[trial_id]
         ot_trial.set_user_attr("outcome", state)
         if result and "step" in result:
             ot_trial.set_user_attr("fidelity", int(result["step"]))
-        self._ot_study.tell(ot_trial, state=TrialState.FAIL if state == "failed" else TrialState.PRUNED)
-        self._completed_trials.add(trial_id)
+        optuna_study(self).tell(ot_trial, state=TrialState.FAIL if state == "failed" else TrialState.PRUNED)
+        told_trials(self).add(trial_id)
         return None
 
     @property
     def study(self) -> Any:
-        return self._ot_study
+        return optuna_study(self)

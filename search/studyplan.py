@@ -44,7 +44,7 @@ def _ranges(space: SearchSpace) -> list[str]:
 
 def grid_configs(space: SearchSpace, sample: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
     """Every combination of `space`'s listed values as a trial config (`sample` is the search's define-by-run,
-    `SpaceSampler`). A space's presets are among them: loading a space checks that it can express each one.
+    `DefineByRunSpace`). A space's presets are among them: loading a space checks that it can express each one.
 
     Raises ValueError naming the first numeric range (a grid needs listed values) or an oversized grid.
     """

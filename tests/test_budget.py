@@ -63,14 +63,14 @@ def test_no_trial_goes_over_the_budget_and_over_budget_draws_fall(sampler: str) 
 def test_a_budget_below_every_design_hands_one_over_after_max_draws_and_it_is_skipped() -> None:
     import optuna
 
-    from search.searcher import TruthfulOptunaSearch
+    from search.searcher import FullFidelityOptunaSearch
 
     def priced(trial) -> dict:
         size = trial.suggest_categorical("ffn.size", [4, 64])
-        trial.set_user_attr("fraction", size / 1000)  # as SpaceSampler does
+        trial.set_user_attr("fraction", size / 1000)  # as DefineByRunSpace does
         return {"fraction": size / 1000}
 
-    searcher = TruthfulOptunaSearch(space=priced, max_steps=30, max_fraction=0.001, max_draws=3,
+    searcher = FullFidelityOptunaSearch(space=priced, max_steps=30, max_fraction=0.001, max_draws=3,
                                     sampler=optuna.samplers.TPESampler(seed=0))
     config = searcher.suggest("a")
     assert config["fraction"] > 0.001  # the third over-budget draw in a row is handed to Ray ...

@@ -14,7 +14,7 @@ from ray.tune.search.search_generator import SearchGenerator
 
 from search.cli import main as search_main
 from search.replicates import ReplicateSearcher, combine, replicate_seeds, with_replicate
-from search.searcher import TruthfulOptunaSearch
+from search.searcher import FullFidelityOptunaSearch
 from search.space import parse_space
 from search.study import ConfigListSearcher, lr_free_key
 
@@ -25,7 +25,7 @@ def space(trial) -> dict:
 
 
 def replicated(seeds: int = 2) -> ReplicateSearcher:
-    inner = TruthfulOptunaSearch(space=space, max_steps=30, sampler=optuna.samplers.RandomSampler(seed=0))
+    inner = FullFidelityOptunaSearch(space=space, max_steps=30, sampler=optuna.samplers.RandomSampler(seed=0))
     return ReplicateSearcher(inner, replicate_seeds(seeds, 42), max_steps=30)
 
 
@@ -211,5 +211,5 @@ def test_a_front_is_priced_again_on_the_task_it_is_reevaluated_on(tmp_path: Path
     for c, f in zip(searcher._queue[::2], front):
         design = DesignPoint.from_dict(c["design"])
         assert c["design"] == f["design"] and c["train"]["lr"] == f["train"]["lr"]
-        assert c["fraction"] == count_params(design, p.sampler.config, "classification").fraction
+        assert c["fraction"] == count_params(design, p.define_by_run.config, "classification").fraction
         assert c["fraction"] != pytest.approx(synthetic_fraction(design))

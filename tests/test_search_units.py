@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from search.cli import main as search_main
 from search.scheduler import BudgetBandedASHA, ParetoASHA, band_of, make_scheduler
-from search.searcher import TruthfulOptunaSearch, outcome
+from search.searcher import FullFidelityOptunaSearch, optuna_study, optuna_trials, outcome, told_trials
 from search.tracking import check_tracking, close_interrupted
 
 
@@ -22,8 +22,23 @@ def space(trial) -> dict:
     return {"fraction": 0.01}
 
 
+def test_the_ray_optuna_adapter_reaches_the_study_and_its_trials() -> None:
+    """Ray's OptunaSearch keeps these private; if a Ray release renames them this fails before any search does."""
+    searcher = FullFidelityOptunaSearch(space=space, max_steps=30, sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher.suggest("a")
+    study, live = optuna_study(searcher), optuna_trials(searcher)
+    assert isinstance(study, optuna.Study) and list(live) == ["a"] and isinstance(live["a"], optuna.Trial)
+    assert live["a"].number == study.trials[0].number and told_trials(searcher) == set()
+    searcher.on_trial_complete("a", {"step": 30, "score": 0.5, "selected_score": 0.5, "fraction": 0.01})
+    assert "a" in told_trials(searcher) and study.trials[0].state == TrialState.COMPLETE
+    searcher.__dict__.pop("_ot_trials")  # what a renamed attribute looks like to the adapter
+    with pytest.raises(RuntimeError, match=r"^ray\.tune\.search\.optuna\.OptunaSearch \(ray [\d.]+\w*\) has no "
+                                           r"attribute '_ot_trials', which search/searcher.py's adapter reads"):
+        optuna_trials(searcher)
+
+
 def test_only_full_fidelity_trials_complete_early_stopped_are_pruned_failed_fail() -> None:
-    searcher = TruthfulOptunaSearch(space=space, max_steps=30, sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher = FullFidelityOptunaSearch(space=space, max_steps=30, sampler=optuna.samplers.RandomSampler(seed=0))
     for tid in ("full", "stopped", "nan", "crash", "over"):
         searcher.suggest(tid)
     # The front gets the selected checkpoint's score (0.9), not the last step's (0.85).
@@ -103,7 +118,8 @@ def test_pareto_asha_rungs_and_promotion_by_front_and_contribution() -> None:
 def test_make_scheduler_kinds_and_errors() -> None:
     assert isinstance(make_scheduler("pareto", max_t=90, grace_period=10, reduction_factor=3, bands_per_decade=2),
                       ParetoASHA)
-    with pytest.raises(ValueError, match=r"scheduler must be one of \['pareto', 'banded', 'asha', 'none'\], got 'moasha'"):
+    with pytest.raises(ValueError,
+                       match=r"scheduler must be one of \['pareto', 'banded', 'asha', 'none'\], got 'moasha'"):
         make_scheduler("moasha", max_t=90, grace_period=10, reduction_factor=3, bands_per_decade=2)
     with pytest.raises(ValueError, match=r"grace_period must be >= 1 and reduction_factor > 1, got 0, 3"):
         ParetoASHA(max_t=90, grace_period=0, reduction_factor=3)

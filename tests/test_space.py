@@ -8,7 +8,7 @@ import optuna
 import pytest
 import yaml
 
-from search.driver import SpaceSampler
+from search.driver import DefineByRunSpace
 from search.space import BranchWalker, load_space, parse_space, preset_params, validate
 from trainables.designpoint import DesignPoint
 from trainables.presets import get_preset
@@ -88,7 +88,7 @@ def test_gated_is_offered_only_to_softmax_under_a_branch_name() -> None:
 
 def test_seeded_sampling_gives_only_valid_points_and_is_reproducible() -> None:
     space = load_space(SPACES / "full.yaml")
-    sampler = SpaceSampler(space, tiny_config("mbart"), "seq2seq")
+    sampler = DefineByRunSpace(space, tiny_config("mbart"), "seq2seq")
 
     def first_points(seed: int, n: int) -> list[dict]:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
