@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="petl-search", description=__doc__, formatter_class=HelpFormatter,
                                 epilog=epilog() + "\n\n" + exit_code_table() + "\n\nOn a cluster (an existing Ray "
                                 "cluster, SLURM, Ray jobs): docs/cluster.md and petl-submit --help.")
+    _what_to_search(p)
+    _how_to_search(p)
+    _where_it_runs(p)
+    _tracking_and_plan(p)
+    return p
+
+
+def _what_to_search(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("what to search")
     a.add_argument("--space", default=DEFAULT_SPACE,
                    help="YAML design space: a file, or a shipped space by name (full, paper, smoke; schema in "
@@ -72,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a training setting for every trial, over the recipe and the space, e.g. --set "
                    "max_steps=2000 or --set epochs=3 (repeatable; every KEY and its default are listed at the end)")
+
+
+def _how_to_search(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("how to search")
     s.add_argument("--sampler", choices=["tpe", "nsga2", "grid"], default="tpe",
                    help="Optuna's multi-objective sampler (tpe, nsga2), or 'grid': a study that trains every "
@@ -92,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rerun-duplicates", action="store_true",
                    help="train a config again when an identical one already reached full fidelity in this search "
                    "(default: reuse its result; training is seeded, so a rerun would repeat it)")
+
+
+def _where_it_runs(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("where it runs")
     r.add_argument("--address", default=None, help="join a Ray cluster: its head's host:port (as `ray start "
                    "--head` prints it), ray://head:10001 (Ray Client: petl-search[cluster]) or auto; checked with a "
@@ -107,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "URIs such as s3:// are refused: mount the bucket)")
     r.add_argument("--name", default=None, help="search name (default: <space>-<dataset>); --resume needs it")
     r.add_argument("--resume", action="store_true", help="continue the interrupted search of this --name")
+
+
+def _tracking_and_plan(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("tracking")
     t.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite:///<cwd>/mlflow.db)")
     t.add_argument("--experiment", default=None, help="MLflow experiment (default: the search name)")
@@ -118,7 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--utilization", type=float, default=DEFAULT_UTILIZATION, help="fraction of the GPU's peak "
                    f"FLOP/s the cost estimate assumes (default {DEFAULT_UTILIZATION}, what the paper's en-ro run "
                    "achieved)")
-    return p
 
 
 def private_ray_token() -> None:

@@ -16,13 +16,13 @@ from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from analysis.pareto import promotion_order
+from analysis.pareto import MIN_FRACTION, promotion_order
 from search.rungs import milestones
-
-MIN_FRACTION = 1e-7
 
 
 def band_of(fraction: float, bands_per_decade: int) -> int:
+    """The fraction's band on the log10 axis the front is scored on: fractions below analysis.pareto.MIN_FRACTION
+    share the lowest band, as they share the lowest x of the hypervolume."""
     return math.floor(math.log10(max(fraction, MIN_FRACTION)) * bands_per_decade)
 
 

@@ -495,11 +495,6 @@ def _train(raw: Mapping) -> dict[str, Dim]:
     return train
 
 
-def cardinality(space: SearchSpace) -> int:
-    """Number of categorical design branches (a numeric range counts once): the size shown to users."""
-    return math.prod(validate(space).values()) if space.sites else len(space.presets)
-
-
 class _Replay:
     """Answers suggest_* calls from a preset's values; what it was asked becomes the point Optuna enqueues."""
 
@@ -571,5 +566,5 @@ class _TrainDefaults:
         return call
 
 
-__all__ = ["BranchWalker", "Dim", "SearchSpace", "cardinality", "load_space", "parse_space", "preset_params",
+__all__ = ["BranchWalker", "Dim", "SearchSpace", "load_space", "parse_space", "preset_params",
            "validate"]

@@ -18,21 +18,21 @@ from trainables.tasks import TASKS, get_task, task_names
 
 EXPECTED = {
     "en-ro": dict(kind="seq2seq", hub=("wmt16", "ro-en"), inputs=("en",), target="ro", metric="bleu_ro",
-                  model="facebook/mbart-large-cc25", family="mbart"),
+                  model="facebook/mbart-large-cc25"),
     "xsum": dict(kind="seq2seq", hub=("xsum",), inputs=("document",), target="summary", metric="rouge",
-                 model="facebook/bart-large", family="bart"),
+                 model="facebook/bart-large"),
     "mnli": dict(kind="classification", hub=("glue", "mnli"), inputs=("premise", "hypothesis"), target="label",
-                 metric="accuracy", model="roberta-base", family="roberta"),
+                 metric="accuracy", model="roberta-base"),
     "sst2": dict(kind="classification", hub=("glue", "sst2"), inputs=("sentence",), target="label",
-                 metric="accuracy", model="roberta-base", family="roberta"),
+                 metric="accuracy", model="roberta-base"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_real_task_fields(name: str) -> None:
     task, want = get_task(name), EXPECTED[name]
-    assert (task.kind, task.hub_dataset, task.metric, task.model, task.family) == (
-        want["kind"], want["hub"], want["metric"], want["model"], want["family"])
+    assert (task.kind, task.hub_dataset, task.metric, task.model) == (
+        want["kind"], want["hub"], want["metric"], want["model"])
     assert (task.columns.inputs, task.columns.target) == (want["inputs"], want["target"])
     assert task.train.eval_cap == 1600 and task.train.schedule == "polynomial"  # HF polynomial, power 1
 

@@ -21,12 +21,11 @@ import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from trainables.designpoint import DesignPoint, SiteSpec
-from trainables.vocabulary import Backbone, Insertion, LayerNormPos, Representation
-from trainables.sitemap import Dims, Proj, dims, family_of, width
+from trainables.sitemap import Dims, Proj, dims, family_of, prompt_map, width
+from trainables.vocabulary import TASK_KINDS, Backbone, Insertion, LayerNormPos, Representation
 
 # He et al. anchor every percentage on "prefix l=200 = 3.6%", i.e. N / 409.6M, for BART *and* mBART (seed spec §3.2).
 PAPER_DENOMINATOR = {"bart": 409_600_000, "mbart": 409_600_000}
-TASKS = ("seq2seq", "classification", "causal")
 
 
 @dataclass(frozen=True)
@@ -104,11 +103,7 @@ def petl_counts(dp: DesignPoint, config: PretrainedConfig) -> _Tally:
             if (spec := getattr(dp, rep.value)) is not None:
                 _weights(t, spec, projs, dm, n)
     if dp.prompt_length:
-        if fam.prompt is None:
-            raise ValueError(
-                f"prompt tuning needs an encoder input to extend; model type {config.model_type!r} is decoder-only, "
-                f"got prompt.length={dp.prompt_length}; use head_attn with form softmax (prefix tuning) instead"
-            )
+        prompt_map(fam, config.model_type, dp.prompt_length)
         t.add(dp.prompt_length * int(config.hidden_size), paper=dp.prompt_length * int(config.hidden_size))
     return t
 
@@ -157,8 +152,8 @@ def _config_dict(config_json: str) -> dict:
 
 def backbone_stats(config: PretrainedConfig, task: str | None = None) -> BackboneStats:
     task = task or default_task(config)
-    if task not in TASKS:
-        raise ValueError(f"task kind must be one of {list(TASKS)}, got {task!r}")
+    if task not in TASK_KINDS:
+        raise ValueError(f"task kind must be one of {list(TASK_KINDS)}, got {task!r}")
     return _backbone_stats(config.to_json_string(use_diff=False), config.model_type, task)
 
 

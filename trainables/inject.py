@@ -23,7 +23,7 @@ from trainables.petl.insertion import (ATTN_IMPLEMENTATION, LINK, HeadSite, Subl
                                        attn_implementation, attn_input_hook, capture_input_hook, ffn_output_hook, link,
                                        link_hook, prefix_hook, sequential_output_hook, weight_output_hook)
 from trainables.petl.prompt import Prompt, base_mask_hook, cross_mask_hook, encoder_mask_hook, prompt_hook
-from trainables.sitemap import AttnSlot, FamilyMap, StackMap, dims, family_of, get_path, width
+from trainables.sitemap import AttnSlot, FamilyMap, StackMap, dims, family_of, get_path, prompt_map, width
 
 
 @dataclass
@@ -132,12 +132,7 @@ def _ffn(inj: Injection, layer: nn.Module, sm: StackMap, dm: Any) -> None:
 
 def _prompt(inj: Injection, model: nn.Module) -> None:
     fam, length = inj.family, inj.design.prompt_length
-    if fam.prompt is None:
-        raise ValueError(
-            f"prompt tuning needs an encoder input to extend; model type {model.config.model_type!r} is decoder-only, "
-            f"got prompt.length={length}; use head_attn with form softmax (prefix tuning) instead"
-        )
-    pm, base = fam.prompt, model.base_model
+    pm, base = prompt_map(fam, model.config.model_type, length), model.base_model
     norm = get_path(base, pm.norm)
     _place(inj, norm, "petl_prompt", Prompt(length, norm.weight.shape[0], at=pm.at))
     inj.handles.append(norm.register_forward_pre_hook(partial(prompt_hook, "petl_prompt")))

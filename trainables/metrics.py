@@ -157,7 +157,6 @@ class Metric:
     scores: tuple[str, ...]  # the keys `fn` returns (a recipe may select checkpoints on any of them)
     label: str = ""  # the primary score's name as papers print it (BLEU, ROUGE-2, accuracy)
     scale: str = ""  # its unit and range, for axis titles and table headers
-    higher_is_better: bool = True
 
     def __call__(self, predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
         return self.fn(predictions, references)

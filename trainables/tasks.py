@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Literal
 
+from trainables.vocabulary import TaskKind
+
 if TYPE_CHECKING:  # transformers loads on use: the task registry is read by --help and the name checks
     from transformers import PretrainedConfig
-
-Kind = Literal["classification", "seq2seq"]
 
 
 @dataclass(frozen=True)
@@ -132,23 +132,12 @@ class TinyModel:
     max_positions: int = 64
 
     def config(self, vocab_size: int, num_labels: int = 2) -> PretrainedConfig:
-        from transformers import BartConfig, RobertaConfig
+        """Built by `trainables.tiny.tiny_config`, the one builder of tiny models (special ids <s>=0, <pad>=1,
+        </s>=2, as BART/RoBERTa and data.toy_tokenizer)."""
+        from trainables.tiny import tiny_config  # deferred: transformers loads on use (see TYPE_CHECKING above)
 
-        # Special ids follow BART/RoBERTa (<s>=0, <pad>=1, </s>=2), matching data.toy_tokenizer.
-        ids = {"bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2}
-        if self.family == "roberta":
-            return RobertaConfig(
-                vocab_size=vocab_size, hidden_size=self.d_model, num_hidden_layers=self.layers,
-                num_attention_heads=self.heads, intermediate_size=self.ffn_dim,
-                max_position_embeddings=self.max_positions + 2,  # RoBERTa offsets positions by pad_id + 1
-                num_labels=num_labels, **ids,
-            )
-        return BartConfig(
-            vocab_size=vocab_size, d_model=self.d_model, encoder_layers=self.layers, decoder_layers=self.layers,
-            encoder_attention_heads=self.heads, decoder_attention_heads=self.heads,
-            encoder_ffn_dim=self.ffn_dim, decoder_ffn_dim=self.ffn_dim, max_position_embeddings=self.max_positions,
-            decoder_start_token_id=2, forced_eos_token_id=2, **ids,
-        )
+        return tiny_config(self.family, vocab_size=vocab_size, d=self.d_model, layers=self.layers, heads=self.heads,
+                           ffn=self.ffn_dim, max_positions=self.max_positions, num_labels=num_labels)
 
 
 @dataclass(frozen=True)
@@ -156,12 +145,11 @@ class Task:
     """One benchmark: data location and format, checkpoint, metric, decoding and training defaults."""
 
     name: str
-    kind: Kind
+    kind: TaskKind  # classification or seq2seq (no task trains a causal LM)
     hub_dataset: tuple[str, ...]  # positional args of datasets.load_dataset; () for generated tasks
     splits: Splits
     columns: Columns
     model: str  # hub checkpoint, or "tiny-<family>" for generated tasks
-    family: str  # HF model_type of the checkpoint
     metric: str  # name understood by trainables.metrics
     train: Recipe
     sizes: tuple[tuple[str, int], ...]  # split -> rows of the hub dataset (generated tasks: rows generated)
@@ -225,7 +213,7 @@ _REGISTRY: tuple[Task, ...] = (
         sizes=(("train", 610_320), ("validation", 1_999), ("test", 1_999)),
         sizes_source="seed_spec §4 (HF wmt16 ro-en)",
         columns=Columns(inputs=("en",), target="ro", nested="translation"),
-        model="facebook/mbart-large-cc25", family="mbart",  # spec §4 checkpoint
+        model="facebook/mbart-large-cc25",  # spec §4 checkpoint
         src_lang="en_XX", tgt_lang="ro_RO",  # spec §4 checkpoint: src en_XX, tgt ro_RO
         metric="bleu_ro",  # spec §4 test metric: romanian_postprocess + sacrebleu -tok none
         max_source_length=150, max_target_length=150,  # spec §4 max lengths: src 150, tgt 150
@@ -256,7 +244,7 @@ _REGISTRY: tuple[Task, ...] = (
         sizes=(("train", 204_045), ("validation", 11_332), ("test", 11_334)),
         sizes_source="seed_spec §4 (HF xsum)",
         columns=Columns(inputs=("document",), target="summary"),
-        model="facebook/bart-large", family="bart",  # spec §4 checkpoint
+        model="facebook/bart-large",  # spec §4 checkpoint
         metric="rouge",  # spec §4 test metric: rouge_score with stemmer, F1 x100
         max_source_length=512, max_target_length=128,  # spec §4 max lengths: src 512, tgt 128
         # spec §4 decoding: beam 6, max 60, min 10, no_repeat_ngram 3, length_penalty 1.0
@@ -285,7 +273,7 @@ _REGISTRY: tuple[Task, ...] = (
         sizes=(("train", 392_702), ("validation_matched", 9_815), ("validation_mismatched", 9_832)),
         sizes_source="HF dataset card nyu-mll/glue, config mnli (dev 9,815 also in seed_spec §4)",
         columns=Columns(inputs=("premise", "hypothesis"), target="label"),
-        model="roberta-base", family="roberta",  # spec §4 checkpoint
+        model="roberta-base",  # spec §4 checkpoint
         metric="accuracy",  # spec §4 test metric
         num_labels=3, label_names=("entailment", "neutral", "contradiction"),  # GLUE mnli label ids 0, 1, 2
         max_source_length=512,  # spec §4 max lengths: 512
@@ -304,7 +292,7 @@ _REGISTRY: tuple[Task, ...] = (
         sizes=(("train", 67_349), ("validation", 872), ("test", 1_821)),
         sizes_source="HF dataset card nyu-mll/glue, config sst2 (dev 872 also in seed_spec §4)",
         columns=Columns(inputs=("sentence",), target="label"),
-        model="roberta-base", family="roberta",  # spec §4 checkpoint
+        model="roberta-base",  # spec §4 checkpoint
         metric="accuracy",
         num_labels=2, label_names=("negative", "positive"),  # GLUE sst2 label ids 0, 1
         max_source_length=512,  # spec §4 max lengths: 512
@@ -315,7 +303,7 @@ _REGISTRY: tuple[Task, ...] = (
         name="toy-cls", kind="classification",
         hub_dataset=(), splits=Splits(), sizes=_TOY_SIZES, sizes_source="generated (trainables.data)",
         columns=Columns(inputs=("text",), target="label"),
-        model="tiny-roberta", family="roberta", tiny=TinyModel(family="roberta"),
+        model="tiny-roberta", tiny=TinyModel(family="roberta"),
         metric="accuracy",
         num_labels=2, label_names=("negative", "positive"),
         max_source_length=32,
@@ -331,7 +319,7 @@ _REGISTRY: tuple[Task, ...] = (
         hub_dataset=(), splits=Splits(), sizes=_TOY_SIZES, sizes_source="generated (trainables.data)",
         columns=Columns(inputs=("source",), target="target"),
         # d=64: at d=32 the decoder needs ~350 steps to learn the source alignment; at 64 about 125.
-        model="tiny-bart", family="bart", tiny=TinyModel(family="bart", d_model=64, ffn_dim=128),
+        model="tiny-bart", tiny=TinyModel(family="bart", d_model=64, ffn_dim=128),
         metric="bleu",  # plain sacreBLEU: toy-s2s stands in for en-ro without Romanian post-processing
         max_source_length=16, max_target_length=16,
         generation=Generation(num_beams=1, max_length=16, min_length=1),

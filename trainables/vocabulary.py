@@ -6,7 +6,7 @@ means, and which combinations are allowed, is `trainables/designpoint.py`.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Any, Literal, get_args
 
 
 class _Choice(str, Enum):
@@ -83,5 +83,11 @@ SITES = tuple(Representation)
 NONE = "none"  # the value of `<site>.form` when a site is left unmodified
 
 
+# What a model's head computes, which fixes the Auto class a model is built with: the task kinds (a task is
+# classification or seq2seq) and the decoder-only LM (`causal`), the default head of decoder-only families.
+TaskKind = Literal["classification", "seq2seq", "causal"]
+TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
+
+
 __all__ = ["Backbone", "Composition", "Form", "Init", "Insertion", "LayerNormPos", "NONE", "Representation", "SITES",
-           "SUBLAYER_SITES", "WEIGHT_SITES"]
+           "SUBLAYER_SITES", "TASK_KINDS", "TaskKind", "WEIGHT_SITES"]
