@@ -9,18 +9,12 @@ printed nothing. While the search runs, `gcs_alive` tells a lost cluster (the he
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-
-
-def SearchError(message: str) -> Exception:  # noqa: N802 - stands for the class, built only when raised
-    """search.plan.SearchError (what the CLI prints as one line); imported late so the in-job helpers
-    (`petl-submit wait-nodes`, ...) start in a fraction of a second instead of importing the whole planner."""
-    from search.plan import SearchError as Error
-
-    return Error(message)
+from search.names import SearchError
 
 CONNECT_TIMEOUT_S = 5.0
 CLIENT_PORT = 10001  # Ray Client's default port (`ray://host` without one)
@@ -135,8 +129,6 @@ def watch_cluster(gcs_address: str | None, on_lost: Any, every_s: float = 5.0, m
     timeout passes (before: exit 0 about a minute later, the parent left RUNNING), so no code after `tuner.fit()`
     would run. The CLI sets that timeout (RAY_gcs_rpc_server_reconnect_timeout_s) well above misses x every_s.
     """
-    import threading
-
     stop = threading.Event()
 
     def run() -> None:

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import warnings
 from typing import Any
 
-from search.names import check_name
-from search.plan import SearchError, SearchPlan, DefineByRunSpace, plan
+from search.cluster import check_address, gcs_alive, watch_cluster
+from search.contract import SEARCH_STATE_TAG, reference_tags, score_name
+from search.dryrun import print_plan
+from search.names import check_name, save_args
+from search.outcome import STATES, Outcome, StopSignals, describe, outcome_fields, tally, write_status
+from search.plan import DefineByRunSpace, SearchError, SearchPlan, plan
 from search.space import preset_params
 
 
@@ -19,6 +25,7 @@ def make_searcher(p: SearchPlan) -> Any:
     """Ray's searcher for the plan: each design under its replicate seeds (search/replicates.py), from Optuna or from
     a study's fixed list (search/study.py)."""
     if p.study is not None:
+        # deferred on purpose: Ray and Optuna load only when a search runs (not for --dry-run or a refused flag)
         from search.study import ConfigListSearcher
 
         return ConfigListSearcher(list(p.study), list(p.seeds), p.max_steps, best_lr=p.best_lr)
@@ -28,6 +35,7 @@ def make_searcher(p: SearchPlan) -> Any:
 
 
 def optuna_searcher(p: SearchPlan) -> Any:
+    # deferred on purpose: Ray and Optuna load only when a search runs (not for --dry-run or a refused flag)
     import optuna
 
     from search.searcher import FullFidelityOptunaSearch
@@ -44,19 +52,15 @@ def optuna_searcher(p: SearchPlan) -> Any:
 
 def run_search(args: argparse.Namespace) -> int:
     """Plan, check, run; returns the exit code of `search.outcome.STATES` (0: every trial ended, one finished)."""
-    import warnings
-
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*experimental.*")
     check_name(args)  # first: a name collision costs no planning (search/names.py)
     p = plan(args)  # resolves the study flags too (search.plan.resolve_study_flags)
     search_dir = p.storage / p.name
     if args.dry_run:
-        from search.dryrun import print_plan
-
         print_plan(p, args)
         return 0
-    from search.cluster import check_address
+    # deferred on purpose: MLflow and Ray load only once the plan is checked (bad input ends before them)
     from search.tracking import check_tracking
 
     check_address(p.address)  # seconds, before anything is created (no MLflow run, no search folder)
@@ -73,9 +77,9 @@ def run_search(args: argparse.Namespace) -> int:
 
 def open_search(p: SearchPlan, args: argparse.Namespace, client: Any, search_dir: Any) -> tuple[str, Any]:
     """The parent run (created, or found again on --resume) and the callback that writes the children."""
+    # deferred on purpose: MLflow and Ray load only once the plan is checked (bad input ends before them)
     from mlflow.entities import RunTag
 
-    from search.contract import reference_tags
     from search.tracking import MlflowSearchCallback, parent_run
 
     resolved = {"space": p.space.path, "task": p.task.name,
@@ -89,8 +93,6 @@ def open_search(p: SearchPlan, args: argparse.Namespace, client: Any, search_dir
                            description=p.space.description)
     client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in reference_tags(p.reference, p.task.metric).items()])
     if not args.resume:
-        from search.names import save_args
-
         search_dir.mkdir(parents=True, exist_ok=True)
         save_args(search_dir, args)  # what a later bare `--resume` continues
     # The parent's plots and hypervolume history are refreshed at most every 30 s while the search runs (a refresh
@@ -99,7 +101,6 @@ def open_search(p: SearchPlan, args: argparse.Namespace, client: Any, search_dir
     callback = MlflowSearchCallback(p.tracking_uri, parent_id, p.max_steps, str(search_dir / "report"),
                                     refresh_every_s=30.0, num_samples=p.num_samples, outbox=str(outbox),
                                     metric=p.task.metric)
-    from search.contract import score_name
 
     print(f"search {p.name!r}: {p.num_samples} trials of {p.task.name}, scored by "
           f"{score_name(p.task.metric).title}, from {p.space.path} ({args.seeds} seed"
@@ -112,8 +113,7 @@ def open_search(p: SearchPlan, args: argparse.Namespace, client: Any, search_dir
 def run_and_judge(p: SearchPlan, args: argparse.Namespace, client: Any, parent_id: str, callback: Any,
                   gcs: str | None) -> int:
     """Run the search under clean stop signals, then tell how it ended: exit code, parent status, status.json."""
-    from search.cluster import gcs_alive, watch_cluster
-    from search.outcome import STATES, Outcome, StopSignals, describe, outcome_fields, tally, write_status
+    # deferred on purpose: Ray loads only once the plan is checked (bad input ends before it)
     from search.tuner import fit
 
     search_dir = p.storage / p.name
@@ -142,6 +142,7 @@ def run_and_judge(p: SearchPlan, args: argparse.Namespace, client: Any, parent_i
             "tracking_queued": f"records in {search_dir / 'tracking_outbox.json'}; rerun with --resume once the "
                                "store is back"}.get(state)
     if not queued:
+        # read at call time on purpose: benchmarks/bench_orchestration.py times search.finish.finish by wrapping it
         from search.finish import finish
 
         finish(client, parent_id, p.tracking_uri, str(search_dir / "report"), status=STATES[state][1], state=state)
@@ -154,10 +155,7 @@ def run_and_judge(p: SearchPlan, args: argparse.Namespace, client: Any, parent_i
 def cluster_lost(p: SearchPlan, client: Any, parent_id: str, where: dict[str, Any]) -> None:
     """The head stopped answering while the search ran: record it (children still running closed as interrupted,
     parent FAILED, status.json) and end the process with its code, before Ray's core worker ends it with 0."""
-    import os
-
-    from search.contract import SEARCH_STATE_TAG
-    from search.outcome import STATES, write_status
+    # deferred on purpose: MLflow and Ray load only once the plan is checked (bad input ends before them)
     from search.tracking import close_interrupted
 
     code, status, meaning = STATES["cluster_lost"]

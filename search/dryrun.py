@@ -16,10 +16,12 @@ import json
 import statistics
 from typing import Any
 
+from search.names import SearchError
 from search.plan import Schedule, SearchPlan
-from trainables.cost import GpuModel
 from trainables.accounting import count_params
+from trainables.cost import GpuModel
 from trainables.designpoint import DesignPoint
+from trainables.presets import get_preset
 from trainables.runplan import cost_lines, run_lines, run_plan
 
 RANDOM_DRAWS = 6
@@ -31,8 +33,6 @@ STUDY_PRICED = 12  # a study's configs priced in the plan (the first ones; every
 def costed_designs(p: SearchPlan) -> list[tuple[str, DesignPoint]]:
     """A study's own designs (a grid or a re-evaluated front: the first STUDY_PRICED distinct ones); otherwise the
     space's presets, then (for a space with sites) RANDOM_DRAWS examples of what the sampler draws."""
-    from trainables.presets import get_preset
-
     if p.study is not None:
         designs = {json.dumps(c["design"], sort_keys=True): c for c in p.study}
         return [(c.get("preset") or f"study design {k + 1}", DesignPoint.from_dict(c["design"]))
@@ -40,6 +40,7 @@ def costed_designs(p: SearchPlan) -> list[tuple[str, DesignPoint]]:
     out = [(name, get_preset(name).design) for name in p.space.presets]
     if p.space.preset_only:
         return out
+    # deferred on purpose: Optuna only for a search's preset points, never for a study
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -139,8 +140,6 @@ def print_plan(p: SearchPlan, args: argparse.Namespace) -> None:
     try:
         plan = search_plan(p, GpuModel.named(args.gpu, args.utilization))
     except ValueError as err:
-        from search.plan import SearchError
-
         raise SearchError(str(err)) from None
     if args.json:
         print(json.dumps(plan, default=str))

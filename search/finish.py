@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from search.contract import SEARCH_STATE_TAG, score_name
+
 
 def front_table(df: Any) -> str:
     """The Pareto-optimal designs, one line each: the trial, its mean task score over the seeds (± std) under the
     metric's name, the stored fraction in percent, the stored parameters and the design."""
+    # deferred on purpose: pandas, matplotlib and MLflow load at the end of a search, not with the driver
     from analysis.design import describe_design
     from analysis.groups import design_groups, group_front
-    from search.contract import score_name
 
     groups = design_groups(df)
     if groups.empty:
@@ -32,9 +34,9 @@ def finish(client: Any, parent_id: str, tracking_uri: str, report_dir: str, stat
            state: str = "complete") -> None:
     """Close the search's record: children still running as interrupted, the report, the parent as `status`
     (MLflow's FINISHED, FAILED or KILLED, from `search.outcome.STATES`) with its state in petl.search_state."""
+    # deferred on purpose: pandas, matplotlib and MLflow load at the end of a search, not with the driver
     from analysis.load import load_search
     from analysis.report import update_search_report
-    from search.contract import SEARCH_STATE_TAG
     from search.tracking import close_interrupted
 
     lost = close_interrupted(client, parent_id)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from huggingface_hub import HfApi, constants, try_to_load_from_cache
+from huggingface_hub.errors import RepositoryNotFoundError
+
 from search.names import SearchError
 from trainables.tasks import Task
 
@@ -61,8 +64,6 @@ def _check_model(model: str) -> None:
 
 def _uncached_model_files(repo: str) -> list[str]:
     """Which of config / weights / tokenizer the hub cache lacks for `repo` (empty: all cached)."""
-    from huggingface_hub import try_to_load_from_cache
-
     def cached(name: str) -> bool:
         return isinstance(try_to_load_from_cache(repo, name), str)
 
@@ -84,8 +85,6 @@ def _check_dataset(task: Task) -> None:
 
 def _dataset_cached(repo: str) -> bool:
     """A downloaded hub snapshot (`datasets--owner--name`) or a prepared `datasets` cache folder for `repo`."""
-    from huggingface_hub import constants
-
     hub = Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}" / "snapshots"
     prepared = Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets")
     folders = [prepared / repo.replace("/", "___"), prepared / repo.split("/")[-1]]
@@ -94,9 +93,6 @@ def _dataset_cached(repo: str) -> bool:
 
 def _ask_hub(repo: str, kind: str, what: str, flag: str) -> None:
     """The hub is allowed: does it answer, within HUB_TIMEOUT_S, that `repo` exists?"""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError
-
     api = HfApi()
     try:
         (api.model_info if kind == "model" else api.dataset_info)(repo, timeout=HUB_TIMEOUT_S)

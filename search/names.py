@@ -8,7 +8,12 @@ before the tracking store is touched (so `--resume --name never-ran` creates not
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+
+from search.space import space_file
+from search.yamlsafe import load_yaml
+from trainables.tasks import get_task
 
 
 class SearchError(ValueError):
@@ -46,13 +51,8 @@ def default_name(space: str, task: str) -> str:
 def task_of(args: argparse.Namespace) -> str:
     """The task's canonical name from --dataset, else the space's `task:` (read without loading the space: a bad
     space is reported by the planning that follows), else toy-cls."""
-    from trainables.tasks import get_task
-
     name = args.dataset
     if name is None:
-        from search.space import space_file
-        from search.yamlsafe import load_yaml
-
         try:
             raw, _ = load_yaml(space_file(args.space))
         except ValueError:
@@ -87,8 +87,6 @@ RESUME_FREE = ("resume", "dry_run", "json", "address", "concurrency", "tracking_
 
 def save_args(folder: Path, args: argparse.Namespace) -> None:
     """Record what the search was started with, so that `--resume` continues that search and not a re-plan."""
-    import json
-
     keep = {k: v for k, v in vars(args).items() if k not in RESUME_FREE and k != "front"}
     (folder / ARGS_FILE).write_text(json.dumps(keep, indent=2, default=str))
 
@@ -99,8 +97,6 @@ def restore_args(args: argparse.Namespace, given: set[str], folder: Path) -> Non
     `given`: the destinations of the flags on this command line. Raises SearchError naming the first disagreement.
     A search started before this record existed is resumed with the flags as given (the old behaviour).
     """
-    import json
-
     path = folder / ARGS_FILE
     if not path.is_file():
         return

@@ -28,6 +28,7 @@ BACKOFF_S = (1.0, 60.0)  # first retry, longest wait
 
 def is_transient(err: BaseException) -> bool:
     """True for errors of reaching the store (worth retrying), False for writes the store rejects and for bugs."""
+    # deferred on purpose: the outbox queues and retries without MLflow; only classifying an error needs it
     import requests
     from mlflow.exceptions import MlflowException
 

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 # ---- the exit codes: one table, printed in --help and docs/cluster.md --------------------------------------------
 COMPLETE, BAD_INPUT, NO_TRIAL_FINISHED, INCOMPLETE, CLUSTER_LOST, TRACKING_QUEUED, INTERRUPTED = (
     0, 2, 3, 4, 5, 6, 130)
@@ -73,6 +72,7 @@ class Outcome:
 def tally(results: Iterable[Any], num_terminated: int, num_errors: int, requested: int, max_steps: int) -> Outcome:
     """An `Outcome` from a Ray Tune ResultGrid's public parts: its results (metrics, error) and its counts of
     terminated and errored trials (the rest are unfinished)."""
+    # deferred on purpose: search.outcome is read by --help (exit codes); the searcher loads Ray and Optuna
     from search.searcher import outcome
 
     results = list(results)

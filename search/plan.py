@@ -14,17 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from search.contract import task_reference as reference
 from search.hub import check_available
 from search.names import SearchError, default_name, search_name, storage_folder
 from search.preflight import check_data_dir, check_flags, check_local_resources, check_model_fits, model_phrase
 from search.rungs import rung_steps
 from search.space import BranchWalker, SearchSpace, load_space
 from search.studyplan import grid_configs, planned_trials, replicate_seeds
-from trainables.trainconfig import parse_overrides
 from trainables.accounting import count_params
+from trainables.data import load_examples
+from trainables.designpoint import DesignPoint
+from trainables.models import check_lengths, config_for, resolve_model_path
 from trainables.presets import load_presets
 from trainables.runconfig import RunConfig, resolve_run
 from trainables.tasks import Task, get_task
+from trainables.trainconfig import parse_overrides
 
 
 class DefineByRunSpace:
@@ -111,8 +115,6 @@ class SearchPlan:
 
 def plan(args: argparse.Namespace) -> SearchPlan:
     """Resolve and check everything; raises SearchError (one line) on bad input."""
-    from trainables.models import config_for, resolve_model_path
-
     resolve_study_flags(args)
     check_flags(args)
     try:
@@ -161,8 +163,6 @@ def plan(args: argparse.Namespace) -> SearchPlan:
 
 def _check_lengths(run: RunConfig, config: Any, sampled: dict[str, Any]) -> None:
     """The resolved lengths, and the longest a sampled max_length / max_target_length can draw, fit the model."""
-    from trainables.models import check_lengths
-
     longest = {k: max(_candidates(sampled[k])) if k in sampled else getattr(run.train, k)
                for k in ("max_length", "max_target_length")}
     check_lengths(run.task, config, longest["max_length"], longest["max_target_length"])
@@ -178,8 +178,6 @@ def study_configs(args: argparse.Namespace, space: SearchSpace, define_by_run: D
     """The fixed configs of a study (a grid, or a front handed over by search.reevaluate); None for an optimizer."""
     front = getattr(args, "front", None)
     if front is not None:
-        from trainables.designpoint import DesignPoint
-
         return [define_by_run.price(DesignPoint.from_dict(c["design"]), c["train"], c.get("preset")) for c in front]
     if args.sampler != "grid":
         return None
@@ -205,12 +203,8 @@ def resolve_study_flags(args: argparse.Namespace) -> None:
 def task_reference(task: Task, train: Any) -> Any:
     """The hypervolume reference score: majority class of the evaluation examples when they are local or generated
     (read once, cheaply), else chance; 0 for BLEU/ROUGE."""
-    from search.contract import task_reference as reference
-
     labels = None
     if task.kind == "classification" and (task.generated or train.data_dir):
-        from trainables.data import load_examples
-
         try:
             labels = [int(e["label"]) for e in load_examples(task, "validation", train.data_dir,
                                                              limit=train.eval_cap, seed=train.seed)]

@@ -18,7 +18,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from search.names import SearchError
+from trainables.sitemap import family_of
 from trainables.tasks import Task, data_help
 
 
@@ -55,8 +58,6 @@ def check_data_dir(task: Task, data_dir: str | None) -> None:
 def check_model_fits(task: Task, config: Any, model: str) -> None:
     """A model type we can place modules in, and a decoder for a sequence-to-sequence task. `model` names the model
     and where it came from (`model_phrase`)."""
-    from trainables.sitemap import family_of
-
     try:
         family = family_of(config)
     except ValueError as err:
@@ -90,8 +91,6 @@ def check_local_resources(args: argparse.Namespace) -> None:
                           f"has {cpus}, so no trial could ever start; lower --cpus-per-trial, or pass --address to "
                           "use a cluster")
     if args.gpus_per_trial > 0:
-        import torch
-
         gpus = torch.cuda.device_count()
         need = args.gpus_per_trial * args.workers_per_trial
         if need > gpus:

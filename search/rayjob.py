@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ray.job_submission import JobSubmissionClient
+
 from search.plan import SearchError
 from search.submit import check_batch_args, search_args, shell_join  # rayjob runs where search.plan is loaded
 
@@ -70,8 +72,6 @@ def submit_ray_job(opts: argparse.Namespace, search: list[str]) -> int:
               f"{request['entrypoint']}\nruntime_env: {request['runtime_env']}")
         return 0
     try:
-        from ray.job_submission import JobSubmissionClient
-
         client = JobSubmissionClient(opts.address)
     except (ImportError, ConnectionError, RuntimeError, ValueError) as err:
         raise SearchError(f"cannot reach the Ray job server at {opts.address!r} ({type(err).__name__}: "

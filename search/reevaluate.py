@@ -20,6 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search import contract as C
+from search.cli import build_parser as search_parser
+from search.cli import execute
+
 if TYPE_CHECKING:  # pandas and the tracking contract load after the arguments are parsed: --help stays instant
     import pandas as pd
 
@@ -43,11 +47,11 @@ def _plain(v: Any) -> Any:
 
 def front_configs(df: pd.DataFrame) -> list[dict[str, Any]]:
     """The Pareto-optimal designs of a loaded search as trial configs {design, train, preset} (seed left out)."""
+    # deferred on purpose: pandas, MLflow and the analysis load after the flags are parsed (--help stays fast)
     import pandas as pd
 
     from analysis.design import train_columns
     from analysis.groups import design_groups, group_front
-    from search import contract as C
 
     groups = design_groups(df)
     if groups.empty:
@@ -65,14 +69,12 @@ def front_configs(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from search.cli import build_parser as search_parser
-    from search.cli import execute
-
     parser = build_parser()
     own, rest = parser.parse_known_args(argv)
     if not own.source and not own.from_run:
         parser.error("give --from EXPERIMENT or --from-run ID: the search whose front to re-evaluate")
     args = search_parser().parse_args(rest)
+    # deferred on purpose: pandas, MLflow and the analysis load after the flags are parsed (--help stays fast)
     import pandas as pd
 
     from analysis.load import SearchNotFoundError, TrackingUnreachableError, load_search, make_client

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import ray
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -41,8 +42,6 @@ def _private(search: OptunaSearch, name: str) -> Any:
     try:
         return getattr(search, name)
     except AttributeError:
-        import ray
-
         raise RuntimeError(f"ray.tune.search.optuna.OptunaSearch (ray {ray.__version__}) has no attribute {name!r}, "
                            "which search/searcher.py's adapter reads to tell Optuna the truth about a trial; "
                            "update the adapter to this Ray version") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from search.submit import shell_join
+from search.cluster import reachable
+from search.names import SearchError
+from search.outcome import CLUSTER_LOST
+from search.submit import check_batch_args, search_args, shell_join
 
 PORT_BLOCK = 50  # ports per job: the head's 3, then 10 per node (nodes of one job may share a host, as in tests)
 
@@ -38,9 +42,6 @@ def ports(base: int, node_index: int) -> dict[str, int]:
 
 def render(opts: argparse.Namespace, search: list[str], cwd: Path) -> str:
     """The sbatch script for `petl-submit slurm` options and the search's own (checked) arguments."""
-    from search.plan import SearchError
-    from search.submit import check_batch_args
-
     if opts.nodes < 1 or opts.stop_before < 0:
         raise SearchError(f"--nodes must be >= 1 and --stop-before >= 0, got {opts.nodes} and {opts.stop_before}")
     argv = check_batch_args(search, cwd)
@@ -102,14 +103,10 @@ def shlex_q(word: str) -> str:
 
 
 def _storage(argv: list[str]) -> str:
-    from search.submit import search_args
-
     return search_args(argv).storage.removeprefix("file://")
 
 
 def submit_slurm(opts: argparse.Namespace, search: list[str]) -> int:
-    from search.plan import SearchError
-
     script = render(opts, search, Path.cwd())
     if opts.dry_run:
         print(script, end="")
@@ -144,8 +141,6 @@ def node_ip(name: str) -> str:
 def ray_node(head: bool, head_address: str | None, first_index: int = 0) -> int:
     """Run one Ray node of the job (inside an srun step) until SIGTERM; then end it and remove its temp dir.
     Its index in the job is `first_index` + its node's index in the step (SLURM_NODEID counts within a step)."""
-    import shutil
-
     job, index = int(os.environ["SLURM_JOB_ID"]), first_index + int(os.environ.get("SLURM_NODEID", "0"))
     base = int(os.environ.get("PETL_RAY_BASE", base_port(job)))
     ip = node_ip(os.environ.get("SLURMD_NODENAME", socket.gethostname()))
@@ -169,9 +164,6 @@ def ray_node(head: bool, head_address: str | None, first_index: int = 0) -> int:
 
 def wait_nodes(address: str, nodes: int, timeout_s: float) -> int:
     """Wait until the Ray cluster at `address` has `nodes` alive nodes; 0, or 5 (cluster lost) after timeout_s."""
-    from search.cluster import reachable
-    from search.outcome import CLUSTER_LOST
-
     host, _, port = address.rpartition(":")
     deadline = time.time() + timeout_s
     while reachable(host, int(port), 2.0) is not None:
@@ -179,6 +171,7 @@ def wait_nodes(address: str, nodes: int, timeout_s: float) -> int:
             print(f"error: the Ray head at {address} did not start within {timeout_s:g} s")
             return CLUSTER_LOST
         time.sleep(1.0)
+    # deferred on purpose: wait-nodes runs in the job script before Ray is needed; only the final check asks Ray
     import ray
 
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)

@@ -19,15 +19,17 @@ import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from search.yamlsafe import load_yaml, short
-from trainables.trainconfig import check_setting, coerce
 from trainables.designpoint import DesignPoint
-from trainables.vocabulary import NONE, SITES, Representation
 from trainables.presets import get_preset
 from trainables.runconfig import setting_kinds, setting_type
+from trainables.tasks import get_task
+from trainables.trainconfig import check_setting, coerce
+from trainables.vocabulary import NONE, SITES, Representation
 
 SITE_OPTIONS = ("form", "composition", "scale", "learn_scale", "insertion", "layernorm", "init", "size", "dropout",
                 "prefix_mlp")  # sampling order: a choice may depend only on those before it
@@ -331,8 +333,6 @@ class SiteCheck:
 def shipped_spaces() -> dict[str, Path]:
     """The spaces this package ships, by name: the `search.spaces` package data once installed, `spaces/` in a
     checkout (where `spaces/__init__.py` makes it importable too)."""
-    from importlib.resources import files
-
     try:
         folder = Path(str(files("search.spaces")))
     except ModuleNotFoundError:  # a checkout run without installing: the folder beside this package
@@ -412,8 +412,6 @@ def parse_space(raw: Any, origin: str = "<space>", text: str = "") -> SearchSpac
 
 def _check_types(raw: Mapping) -> None:
     """The top-level keys' types, before anything reads them (a list where a mapping belongs is one line too)."""
-    from trainables.tasks import get_task
-
     for key, want in (("sites", Mapping), ("train", Mapping), ("tie", list), ("presets", list)):
         value = raw.get(key)
         if value is not None and not isinstance(value, want):

@@ -13,6 +13,7 @@ from typing import Any
 from search import contract as C
 from search.space import SearchSpace, iter_branches
 
+
 def replicate_seeds(count: int, base: int) -> list[int]:
     """The training seeds of `count` replicates: `base`, `base + 1`, ..."""
     if count < 1:

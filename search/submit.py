@@ -24,14 +24,15 @@ import shlex
 import sys
 from pathlib import Path
 
+from search.cli import build_parser as search_parser
+from search.cli import main as search_main
+from search.names import SearchError
+
 TEMP_ROOTS = ("/tmp/ray", "/dev/shm")  # Ray's session folders and RAM disks: gone with the job or the node
 
 
 def search_args(argv: list[str]) -> argparse.Namespace:
-    from search.cli import build_parser
-    from search.plan import SearchError
-
-    parser = build_parser()
+    parser = search_parser()
     parser.exit_on_error = False
     try:
         return parser.parse_args(argv)
@@ -46,8 +47,6 @@ def _inside(path: Path, root: Path) -> bool:
 def check_batch_args(argv: list[str], cwd: Path, working_dir: Path | None = None) -> list[str]:
     """The search's arguments for a batch job, checked; the default tracking store made absolute (a SQLite file in
     `cwd`). Raises SearchError with one line naming the rule, the value and the fix."""
-    from search.plan import SearchError
-
     args = search_args(argv)
     if args.dry_run:
         raise SearchError("--dry-run after `--` plans without submitting: run petl-search --dry-run ... directly")
@@ -84,14 +83,14 @@ def check_batch_args(argv: list[str], cwd: Path, working_dir: Path | None = None
 
 def run(argv: list[str]) -> int:
     """Start the search, or resume it when its state exists (a requeued or re-submitted batch job)."""
-    from search.cli import main
+    # deferred on purpose: search.plan loads torch and transformers; petl-submit's in-job helpers start without them
     from search.plan import storage_folder
 
     args = search_args(argv)
     if (storage_folder(args.storage) / str(args.name) / "tuner.pkl").exists():
         print(f"petl-submit: resuming the search {args.name!r}", flush=True)
         argv = [*argv, "--resume"]
-    return main(argv)
+    return search_main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     own, search = split_argv(list(sys.argv[1:] if argv is None else argv))
     opts = build_parser().parse_args(own)
     if opts.kind in ("wait-nodes", "ray-node", "node-ip"):  # inside a job: light imports, started in ~1 s
+        # deferred on purpose: search.slurm imports this module
         from search import slurm
 
         if opts.kind == "node-ip":
@@ -158,16 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         if opts.kind == "ray-node":
             return slurm.ray_node(opts.head, opts.head_address, opts.first_index)
         return slurm.wait_nodes(opts.address, opts.nodes, opts.timeout)
-    from search.plan import SearchError
-
     try:
         if opts.kind == "run":
             return run(search)
         if opts.kind == "slurm":
-            from search.slurm import submit_slurm
+            from search.slurm import submit_slurm  # deferred on purpose: search.slurm imports this module
 
             return submit_slurm(opts, search)
-        from search.rayjob import submit_ray_job
+        from search.rayjob import submit_ray_job  # deferred on purpose: it loads the planner (torch) and Ray
 
         return submit_ray_job(opts, search)
     except SearchError as err:

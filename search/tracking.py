@@ -21,11 +21,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
+from sqlalchemy.engine import make_url
 
 from analysis.mlflow_filter import runs_where
+from analysis.pareto import pareto_mask
 from search import contract as C
 from search.outbox import Outbox, http_policy, is_transient
 from search.searcher import outcome
@@ -37,7 +43,6 @@ PARENT_KEY = C.SEARCH_DIR_TAG
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:"):
         return None
-    from sqlalchemy.engine import make_url
 
     database = make_url(uri).database
     return Path(database) if database and database != ":memory:" else None
@@ -62,7 +67,6 @@ def create_store(uri: str) -> None:
         raise UnusableStore(f"MLflow cannot create a SQLite store from a folder whose path holds both ' and \" (it "
                             f"writes the default artifact path {str(artifacts)!r} into raw SQL); start the search "
                             "from another folder, or pass --tracking-uri of an existing store or server")
-    from filelock import FileLock
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock"):
@@ -356,10 +360,6 @@ class MlflowSearchCallback(Callback):
 
     def _progress(self, trial: Any, state: str, result: Mapping[str, Any] | None, again: bool = False,
                   reason: str | None = None) -> None:
-        import numpy as np
-
-        from analysis.pareto import pareto_mask
-
         done = sum(self.counts.values())
         outcome_words = self._outcome_words(state, result, reason)
         line = (f"[{done}/{self.num_samples}] {self.label(trial)} {state}"
@@ -401,6 +401,7 @@ class MlflowSearchCallback(Callback):
     def _refresh(self) -> None:
         if time.time() - self._refreshed < self.refresh_every_s or self.outbox.ops:
             return  # the store is away (records queued): refresh once they are in
+        # deferred on purpose: matplotlib and Optuna load at the first report refresh, not with the callback
         from analysis.report import update_search_report
 
         try:
@@ -431,9 +432,6 @@ def _duration(seconds: float) -> str:
 
 
 def _missing_run(trial_id: str) -> Exception:
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
-
     return MlflowException(f"no run for trial {trial_id} (its opening record was refused)",
                            error_code=RESOURCE_DOES_NOT_EXIST)
 

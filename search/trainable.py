@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainables.trainconfig import TrainConfig
 from trainables.designpoint import DesignPoint
 from trainables.reporter import TrialFailure
+from trainables.trainconfig import TrainConfig
 
 if TYPE_CHECKING:
     from search.plan import TrialContext
@@ -78,7 +78,7 @@ class TuneReporter:
         self.memo = memo
 
     def report(self, metrics: Mapping[str, float]) -> None:
-        from ray import tune
+        from ray import tune  # deferred on purpose: Ray loads in the worker, not in the driver importing this module
 
         if self.memo:
             self.memo.record(metrics)  # before tune.report: a scheduler may end the trial inside it
@@ -92,7 +92,7 @@ class TrainReporter:
         self.memo = memo
 
     def report(self, metrics: Mapping[str, float]) -> None:
-        import ray.train
+        import ray.train  # deferred on purpose: Ray Train loads in the worker, not in the driver importing this module
 
         if self.memo and ray.train.get_context().get_world_rank() == 0:
             self.memo.record(metrics)
@@ -134,6 +134,7 @@ def failure_reason(err: BaseException) -> str:
 
 
 def _run(design: DesignPoint, cfg: TrainConfig, reporter: Any, fraction: float) -> dict[str, Any] | None:
+    # deferred on purpose: this module is imported by the driver; torch and the training loop load in the Ray worker
     from trainables.loop import train
 
     try:
@@ -146,6 +147,7 @@ def _run(design: DesignPoint, cfg: TrainConfig, reporter: Any, fraction: float) 
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    # deferred on purpose: torch and Ray Train load in the Ray worker, not in the driver that imports this module
     import torch
     from ray import tune
 
@@ -180,6 +182,7 @@ def train_storage(context: TrialContext) -> str:
 
 def _run_distributed(design: DesignPoint, cfg: TrainConfig, context: TrialContext, fraction: float,
                      memo: ResultMemo | None) -> None:
+    # deferred on purpose: Ray Train and its torch backend load in the trial's worker, only for multi-worker trials
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer

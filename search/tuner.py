@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import ray
+from ray import tune
+
+from search.cluster import check_placement
 from search.scheduler import make_scheduler
 
 # A multi-worker trial's own Tune process only launches Ray Train's workers (which reserve the CPUs and GPUs): it
@@ -13,10 +18,6 @@ LAUNCHER_RESOURCES = {"cpu": 0, "memory": 1}
 
 
 def _init_ray(address: str | None, num_cpus: float | None) -> None:
-    import logging
-
-    import ray
-
     if ray.is_initialized():
         return
     if address:
@@ -31,10 +32,6 @@ def _init_ray(address: str | None, num_cpus: float | None) -> None:
 def connect(plan: Any) -> str | None:
     """Join (or start) Ray and check that one trial fits the cluster's nodes; returns the GCS address (to tell a
     lost cluster from a finished search later). Raises SearchError naming the shortfall."""
-    import ray
-
-    from search.cluster import check_placement
-
     _init_ray(plan.address, None)
     t = plan.trial
     check_placement(ray.nodes(), t.cpus_per_trial, t.gpus_per_trial, t.workers_per_trial)
@@ -44,8 +41,7 @@ def connect(plan: Any) -> str | None:
 def fit(plan: Any, searcher: Any, callback: Any, resume: bool = False) -> Any:
     """Run (or resume) the search of a `search.plan.SearchPlan`; every outcome lands in MLflow through `callback`.
     Returns Ray Tune's ResultGrid (trials in their final or, after a stop signal, unfinished states)."""
-    from ray import tune
-
+    # read at call time on purpose: benchmarks/bench_orchestration.py swaps search.trainable.run_trial for its probes
     from search.trainable import run_trial
 
     _init_ray(plan.address, None)
