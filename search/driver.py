@@ -18,7 +18,7 @@ from search.dryrun import print_plan
 from search.names import check_name, save_args
 from search.outcome import STATES, Outcome, StopSignals, describe, outcome_fields, tally, write_status
 from search.plan import DefineByRunSpace, SearchError, SearchPlan, plan
-from search.space import preset_params
+from search.branches import preset_params
 
 
 def make_searcher(p: SearchPlan) -> Any:

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from search.space import space_file
+from search.spacefile import space_file
 from search.yamlsafe import load_yaml
 from trainables.tasks import get_task
 

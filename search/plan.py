@@ -19,7 +19,9 @@ from search.hub import check_available
 from search.names import SearchError, default_name, search_name, storage_folder
 from search.preflight import check_data_dir, check_flags, check_local_resources, check_model_fits, model_phrase
 from search.rungs import rung_steps
-from search.space import BranchWalker, SearchSpace, load_space
+from search.branches import BranchWalker
+from search.space import SearchSpace
+from search.spacefile import load_space
 from search.studyplan import grid_configs, planned_trials, replicate_seeds
 from trainables.accounting import count_params
 from trainables.data import load_examples

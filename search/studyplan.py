@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from search import contract as C
-from search.space import SearchSpace, iter_branches
+from search.branches import iter_branches
+from search.space import SearchSpace
 
 
 def replicate_seeds(count: int, base: int) -> list[int]:

@@ -105,7 +105,7 @@ def test_a_model_type_with_no_site_map(run: Any, tmp_path: Path) -> None:
     ("toy-s2s", "a space without `model:` (task 'toy-s2s' then trains its tiny random BART)"),
 ])
 def test_a_seq2seq_task_with_the_default_encoder_space_names_the_fix(run: Any, dataset: str, own: str) -> None:
-    from search.space import space_file
+    from search.spacefile import space_file
 
     out = run("--dataset", dataset)
     assert out == (f"error: task '{dataset}' is sequence-to-sequence, but the model 'minilm' of space "

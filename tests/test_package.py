@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from search.space import load_space, shipped_spaces
+from search.spacefile import load_space, shipped_spaces
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the wheel step of .ci/run checks the package anyway
 ROOT = Path(__file__).resolve().parents[1]

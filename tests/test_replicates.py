@@ -15,7 +15,7 @@ from ray.tune.search.search_generator import SearchGenerator
 from search.cli import main as search_main
 from search.replicates import ReplicateSearcher, combine, replicate_seeds, with_replicate
 from search.searcher import FullFidelityOptunaSearch
-from search.space import parse_space
+from search.spacefile import parse_space
 from search.study import ConfigListSearcher, lr_free_key
 
 

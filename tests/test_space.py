@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from search.driver import DefineByRunSpace
-from search.space import BranchWalker, load_space, parse_space, preset_params, validate
+from search.branches import BranchWalker, preset_params, validate
+from search.spacefile import load_space, parse_space
 from trainables.designpoint import DesignPoint
 from trainables.presets import get_preset
 from trainables.tiny import tiny_config
@@ -181,7 +182,8 @@ def test_the_site_check_counts_exactly_the_branches_the_sampler_can_take() -> No
     driven through every categorical path), on random small sites."""
     import random
 
-    from search.space import SiteCheck, _dim, _site_kind, sample_site, walk_branches
+    from search.branches import SiteCheck, walk_branches
+    from search.space import _dim, _site_kind, sample_site
     from trainables.vocabulary import Representation
 
     rng = random.Random(0)

@@ -15,7 +15,7 @@ import optuna
 import pytest
 import yaml
 
-from search.space import load_space
+from search.spacefile import load_space
 from trainables.trainconfig import check_setting
 
 SEED, CASES = 12, 300
