@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from search.cli import build_parser
-from trainables.count import KINDS
 from trainables.count import main as count_main
 from trainables.runconfig import setting_kinds
 from trainables.tasks import data_help, get_task, task_names
@@ -33,8 +32,8 @@ def test_set_keys_are_listed_with_their_defaults_from_the_run_configuration() ->
     text = build_parser().format_help()
     for key in setting_kinds():
         assert f"\n  {key} (" in text, key
-    assert "\n  lr (float): by task: en-ro 5e-05, xsum 5e-05, mnli 0.0001, sst2 0.0001, toy-cls 0.001, toy-s2s 0.003; " \
-           "must be > 0\n" in text
+    assert "\n  lr (float): by task: en-ro 5e-05, xsum 5e-05, mnli 0.0001, sst2 0.0001, toy-cls 0.001, " \
+        "toy-s2s 0.003; must be > 0\n" in text
     assert "\n  schedule (str): polynomial; must be one of ['polynomial', 'linear', 'cosine', 'constant']\n" in text
     assert "\n  epochs (float): by task: en-ro -, xsum -, mnli 10, sst2 10, toy-cls -, toy-s2s -\n" in text
 
@@ -45,7 +44,8 @@ def test_data_dir_contents_per_task_come_from_the_task() -> None:
         if not get_task(name).generated:
             assert f"\n  {name}: {data_help(get_task(name))}\n" in text
     assert data_help(get_task("sst2")) == (
-        "train.tsv (or train.jsonl) and dev.tsv (or validation.jsonl, validation.tsv): .jsonl one JSON object per line, "
+        "train.tsv (or train.jsonl) and dev.tsv (or validation.jsonl, validation.tsv): "
+        ".jsonl one JSON object per line, "
         ".tsv a header row then tab-separated rows, UTF-8; columns sentence, label; label is an id or a name: "
         "0=negative, 1=positive")
     assert data_help(get_task("en-ro")).endswith("columns en, ro, or rows {'translation': {...}}")
@@ -67,9 +67,6 @@ def test_help_imports_no_torch(module: str) -> None:
 
 
 def test_count_takes_the_minilm_alias_and_the_dataset_flag(capsys: pytest.CaptureFixture[str]) -> None:
-    from trainables.accounting import TASKS
-
-    assert KINDS == TASKS
     # LoRA r=16 on W_q and W_v of MiniLM-L6 (d=384): 6 layers x 2 matrices x 16 x (384 + 384) = 147,456; the
     # classification head: pooler 384x384 + 384, classifier 384x2 + 2 = 148,610
     for args in (["--model", "minilm"], ["--model", "minilm", "--dataset", "sst2"],

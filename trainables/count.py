@@ -10,9 +10,9 @@ import json
 import sys
 
 from trainables.presets import load_presets
+from trainables.vocabulary import TASK_KINDS
 
 JSON_KEYS = ("trainable", "stored", "paper", "backbone", "fraction", "paper_percent", "petl_trainable", "task_head")
-KINDS = ("seq2seq", "classification", "causal")  # trainables.accounting.TASKS (tests/test_counting.py pins equality)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default with --dataset: the task's checkpoint")
     p.add_argument("--dataset", default=None, help="price it as a trial of this task would: en-ro, xsum, mnli, sst2, "
                    "toy-cls, toy-s2s (its head, its label count, and its checkpoint unless --model is given)")
-    p.add_argument("--kind", "--task", dest="kind", choices=KINDS, default=None,
+    p.add_argument("--kind", "--task", dest="kind", choices=TASK_KINDS, default=None,
                    help="the model's head without --dataset (default: the family's usual one, e.g. seq2seq for BART; "
                    "--task is the old spelling of this flag)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
