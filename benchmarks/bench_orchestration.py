@@ -160,8 +160,9 @@ def run_scenario(name: str, trials: int, workdir: Path, out_json: Path) -> None:
     import analysis.report as AR
     import search.cli
     import search.driver as SD
-    import search.searcher as SS
     import search.finish as SU
+    import search.searcher as SS
+    import search.store as SO
     import search.tracking as TR
     import search.trainable as STR
     import search.tuner as TU
@@ -174,8 +175,8 @@ def run_scenario(name: str, trials: int, workdir: Path, out_json: Path) -> None:
 
     T = Timer()
     T.wrap(SD, "plan", "plan")
-    T.wrap(TR, "check_tracking", "mlflow check")
-    T.wrap(TR, "parent_run", "mlflow parent run")
+    T.wrap(SO, "check_tracking", "mlflow check")
+    T.wrap(SO, "parent_run", "mlflow parent run")
     T.wrap(TU, "_init_ray", "ray start")
     T.wrap(TU, "fit", "tune fit")
     T.wrap(SU, "finish", "final report + summary")

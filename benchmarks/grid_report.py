@@ -52,7 +52,8 @@ def _reference_tags(client: Any, parent_id: str, data_dir: Path) -> None:
 
 def record(table: Path, space: Path, uri: str, experiment: str, data_dir: Path, seed: int = 42) -> str:
     """Write the table into `uri` as one search; returns the parent run id."""
-    from search.tracking import MlflowSearchCallback, check_tracking, parent_run
+    from search.store import check_tracking, parent_run
+    from search.tracking import MlflowSearchCallback
 
     rows = load_table(table)
     configs = [c for c in grid_configs(space) if key_of(c) in rows]

@@ -12,13 +12,13 @@ import os
 import warnings
 from typing import Any
 
+from search.branches import preset_params
 from search.cluster import check_address, gcs_alive, watch_cluster
 from search.contract import SEARCH_STATE_TAG, reference_tags, score_name
 from search.dryrun import print_plan
 from search.names import check_name, save_args
 from search.outcome import STATES, Outcome, StopSignals, describe, outcome_fields, tally, write_status
 from search.plan import DefineByRunSpace, SearchError, SearchPlan, plan
-from search.branches import preset_params
 
 
 def make_searcher(p: SearchPlan) -> Any:
@@ -61,7 +61,7 @@ def run_search(args: argparse.Namespace) -> int:
         print_plan(p, args)
         return 0
     # deferred on purpose: MLflow and Ray load only once the plan is checked (bad input ends before them)
-    from search.tracking import check_tracking
+    from search.store import check_tracking
 
     check_address(p.address)  # seconds, before anything is created (no MLflow run, no search folder)
     try:
@@ -80,7 +80,8 @@ def open_search(p: SearchPlan, args: argparse.Namespace, client: Any, search_dir
     # deferred on purpose: MLflow and Ray load only once the plan is checked (bad input ends before them)
     from mlflow.entities import RunTag
 
-    from search.tracking import MlflowSearchCallback, parent_run
+    from search.store import parent_run
+    from search.tracking import MlflowSearchCallback
 
     resolved = {"space": p.space.path, "task": p.task.name,
                 **{f"run.{k}": v for k, v in vars(args).items() if k not in ("front", "given_flags")},
@@ -156,7 +157,7 @@ def cluster_lost(p: SearchPlan, client: Any, parent_id: str, where: dict[str, An
     """The head stopped answering while the search ran: record it (children still running closed as interrupted,
     parent FAILED, status.json) and end the process with its code, before Ray's core worker ends it with 0."""
     # deferred on purpose: MLflow and Ray load only once the plan is checked (bad input ends before them)
-    from search.tracking import close_interrupted
+    from search.store import close_interrupted
 
     code, status, meaning = STATES["cluster_lost"]
     hint = f"the Ray cluster at {p.address or 'local'} stopped answering; restart it and rerun with --resume"

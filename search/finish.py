@@ -37,7 +37,7 @@ def finish(client: Any, parent_id: str, tracking_uri: str, report_dir: str, stat
     # deferred on purpose: pandas, matplotlib and MLflow load at the end of a search, not with the driver
     from analysis.load import load_search
     from analysis.report import update_search_report
-    from search.tracking import close_interrupted
+    from search.store import close_interrupted
 
     lost = close_interrupted(client, parent_id)
     if lost and state == "complete":

@@ -22,7 +22,8 @@ from mlflow import MlflowClient
 
 from analysis.report import main
 from analysis.synthetic import fabricate_search
-from search.tracking import MlflowSearchCallback, parent_run
+from search.store import parent_run
+from search.tracking import MlflowSearchCallback
 from trainables.presets import get_preset
 
 STATUSES = ["finished", "finished", "finished", "stopped", "failed", "finished", "stopped", "finished"]

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from search.cli import main as search_main
 from search.scheduler import BudgetBandedASHA, ParetoASHA, band_of, make_scheduler
 from search.searcher import FullFidelityOptunaSearch, optuna_study, optuna_trials, outcome, told_trials
-from search.tracking import check_tracking, close_interrupted
+from search.store import check_tracking, close_interrupted
 
 
 def space(trial) -> dict:

@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from analysis.mlflow_filter import literal, runs_where, tag_filter
 from search.outbox import Outbox
-from search.tracking import MlflowSearchCallback, check_tracking, parent_run
+from search.store import check_tracking, parent_run
+from search.tracking import MlflowSearchCallback
 from search.trainable import ResultMemo
 from trainables.trainconfig import TrainConfig
 

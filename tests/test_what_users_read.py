@@ -18,7 +18,8 @@ from analysis.report import write_report
 from analysis.synthetic import SyntheticTrial, fabricate_search, records_of, runs_of
 from search import contract as C
 from search.finish import front_table
-from search.tracking import MlflowSearchCallback, parent_run
+from search.store import parent_run
+from search.tracking import MlflowSearchCallback
 from trainables.designpoint import DesignPoint
 from trainables.presets import get_preset
 
