@@ -131,7 +131,8 @@ def search_lines(plan: dict[str, Any]) -> list[str]:
             f"{r['gpus_per_trial']:g} GPU(s)" if c["wall_hours_expected"] else "")
     lines.append(f"search    {c['trials']} trials: at most {c['tokens_max']:.3g} tokens, {c['flops_max']:.3g} FLOPs, "
                  f"{c['gpu_hours_max']:.3g} GPU-h (every trial to {c['steps_per_trial_max']:,} steps); expected "
-                 f"{c['steps_per_trial_expected']:,.0f} steps per trial with early stopping: {c['flops_expected']:.3g} "
+                 f"{c['steps_per_trial_expected']:,.0f} steps per trial with early stopping: "
+                 f"{c['flops_expected']:.3g} "
                  f"FLOPs, {c['gpu_hours_expected']:.3g} GPU-h{wall} (median per-step FLOPs of the designs above)")
     return lines
 

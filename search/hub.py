@@ -76,7 +76,8 @@ def _check_dataset(task: Task) -> None:
     if _dataset_cached(task.hub_dataset[0]):
         return
     if offline("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        raise SearchError(f"dataset {name!r} (task {task.name!r}) is not in the Hugging Face cache of this machine and "
+        raise SearchError(f"dataset {name!r} (task {task.name!r}) is not in the Hugging Face cache of this machine "
+                          "and "
                           f"HF_HUB_OFFLINE is set, so it cannot be downloaded; pass --data-dir DIR with the task's "
                           f"files (petl-search --help lists them), or load it once where the hub is reachable into a "
                           "shared HF_HOME")

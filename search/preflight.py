@@ -87,7 +87,8 @@ def check_local_resources(args: argparse.Namespace) -> None:
     cpus = os.cpu_count() or 1
     need_cpus = args.cpus_per_trial * args.workers_per_trial
     if need_cpus > cpus:
-        raise SearchError(f"a trial needs {need_cpus:g} CPUs (--cpus-per-trial × --workers-per-trial) but this machine "
+        raise SearchError(f"a trial needs {need_cpus:g} CPUs (--cpus-per-trial × --workers-per-trial) but this "
+                          "machine "
                           f"has {cpus}, so no trial could ever start; lower --cpus-per-trial, or pass --address to "
                           "use a cluster")
     if args.gpus_per_trial > 0:

@@ -77,7 +77,8 @@ def render(opts: argparse.Namespace, search: list[str], cwd: Path) -> str:
              "srun --overlap --nodes=1 --ntasks=1 -w \"${NODES[0]}\" \"$PY\" -m search.submit ray-node --head &",
              "STEPS+=($!)",
              *([f"srun --overlap --nodes={nodes - 1} --ntasks={nodes - 1} --ntasks-per-node=1 -x \"${{NODES[0]}}\" "
-                "\"$PY\" -m search.submit ray-node --head-address \"$HEAD\" --first-index 1 &", "STEPS+=($!)"] if nodes > 1 else []),
+                "\"$PY\" -m search.submit ray-node --head-address \"$HEAD\" --first-index 1 &", "STEPS+=($!)"]
+               if nodes > 1 else []),
              "# SIGTERM to the Ray steps' tasks (a signal to srun itself would SIGKILL them): each ends its node and",
              "# removes its temp dir.",
              "stop_ray() {",

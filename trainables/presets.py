@@ -1,4 +1,5 @@
-"""The paper's named methods, loaded from `trainables/presets.yaml` (presets are data, not code branches; package data)."""
+"""The paper's named methods, loaded from `trainables/presets.yaml` (presets are data, not code branches; package
+data)."""
 
 from __future__ import annotations
 

@@ -142,7 +142,8 @@ def recipe_settings(task: Task) -> dict[str, Any]:
 
 
 def merge_layers(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Apply layers in order; returns (settings, setting -> layer name). Length and interval forms replace each other."""
+    """Apply layers in order; returns (settings, setting -> layer name). Length and interval forms replace each
+    other."""
     kinds = setting_kinds()
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
