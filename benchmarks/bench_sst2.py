@@ -162,34 +162,26 @@ def _engine(model: Any, cfg: Any) -> Any:
 
 
 def run_peft(steps: int, data_dir: str) -> dict[str, Any]:
-    """Our loop's step (trainables.loop.train) with PEFT's model: same batches, optimizer, schedule, evaluation."""
-    from trainables import data as D
+    """Our loop's own step (`trainables.loop.train_step`) on PEFT's model: same batches, optimizer groups, schedule,
+    clipping, token count and evaluation as `train`, so only the LoRA implementation differs."""
     from trainables.counting import count_params
-    from trainables.loop import evaluate, loss_of, prepare_data, to_device
+    from trainables.loop import Tally, evaluate, prepare_data, train_step
 
     model, tokenizer, cfg, task = _peft_model(steps, data_dir)
     data = prepare_data(task, tokenizer, cfg)
     engine = _engine(model, cfg)
-    stamps, losses, tokens, train_time = [], [], 0, 0.0
+    stamps, tally = [], Tally()
     engine.module.train()
     for step in range(1, cfg.max_steps + 1):
-        tick = time.perf_counter()
-        rows = data.batches.rows(step - 1)  # the loop's sampler: the same rows our trials train on
-        batch = to_device(data.collate([data.train[i] for i in rows]), engine.device)
-        loss = loss_of(engine(**batch), batch["labels"], cfg.label_smoothing)
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
-        tokens += int(batch["attention_mask"].sum()) + int((batch["labels"] != D.IGNORE_INDEX).sum())
-        train_time += time.perf_counter() - tick
+        train_step(engine, data, cfg, task, step, tally, engine.device)
         stamps.append(time.perf_counter())
     scores, eval_loss = evaluate(engine.module, task, tokenizer, data, cfg, engine.device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     stored = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     backbone = count_params(_design("lora"), model.base_model.model.config, "classification").backbone
-    return {"accuracy": scores["accuracy"], "loss": sum(losses[-cfg.eval_every:]) / len(losses[-cfg.eval_every:]),
-            "eval_loss": eval_loss, "trainable": trainable, "stored": stored, "backbone": backbone,
-            "fraction": stored / backbone, "task_head": trainable - stored, "tokens_per_s": tokens / train_time,
+    return {"accuracy": scores["accuracy"], "loss": tally.run_loss / max(tally.run_n, 1), "eval_loss": eval_loss,
+            "trainable": trainable, "stored": stored, "backbone": backbone, "fraction": stored / backbone,
+            "task_head": trainable - stored, "tokens_per_s": tally.tokens / max(tally.train_time, 1e-9),
             "design": "peft", **_step_stats(stamps)}
 
 
@@ -210,7 +202,7 @@ def profile(steps: int, data_dir: str, rows: int) -> None:
     from torch.profiler import profile as tprofile
 
     from trainables.inject import inject
-    from trainables.loop import loss_of, prepare_data, seed_everything, to_device
+    from trainables.loop import Tally, prepare_data, seed_everything, train_step
     from trainables.models import build
 
     _setup_torch()
@@ -225,10 +217,8 @@ def profile(steps: int, data_dir: str, rows: int) -> None:
         engine = _engine(model, cfg)
         engine.module.train()
 
-        def one(k: int, engine: Any = engine) -> None:
-            batch = to_device(data.collate([data.train[i] for i in data.batches.rows(k)]), "cpu")
-            engine.backward(loss_of(engine(**batch), batch["labels"], 0.0))
-            engine.step()
+        def one(k: int, engine: Any = engine) -> None:  # the loop's step on batch k (step k + 1)
+            train_step(engine, data, cfg, task, k + 1, Tally(), "cpu")
 
         for k in range(5):
             one(k)
