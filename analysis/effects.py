@@ -28,6 +28,7 @@ from analysis.matching import (BUDGET_TOLERANCE, Design, DesignSet, designs_of, 
                                units_along)
 from search import contract as C
 from trainables.design import Form
+from trainables.spans import timed
 
 COLUMNS = ["axis", "site", "a", "b", "diff", "ci_low", "ci_high", "n_pairs", "verdict"]  # effects.csv, in this order
 MIN_PAIRS = 5  # without replicate seeds, fewer pairs than this give no trustworthy CI (all 4 agreeing: p = 1/16)
@@ -213,6 +214,7 @@ def strict_representations(designs: list[Design]) -> list[Comparison]:
             for x, y in seen]
 
 
+@timed("report.effects")
 def like_for_like(df: pd.DataFrame, reference: C.Reference | None = None, *, lr: str = "auto",
                   large: float = LARGE_BUDGET, tiny: float = TINY_BUDGET) -> pd.DataFrame:
     """The effects table of a loaded search: `COLUMNS` plus `conclusion` (the paper's claim a row tests, or "").

@@ -13,6 +13,7 @@ from typing import Any
 from search.names import check_name
 from search.plan import SearchError, SearchPlan, SpaceSampler, plan
 from search.space import preset_params
+from trainables.spans import span
 
 
 def make_searcher(p: SearchPlan) -> Any:
@@ -49,7 +50,8 @@ def run_search(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*experimental.*")
     check_name(args)  # first: a name collision costs no planning (search/names.py)
-    p = plan(args)  # resolves the study flags too (search.plan.resolve_study_flags)
+    with span("search.plan"):
+        p = plan(args)  # resolves the study flags too (search.plan.resolve_study_flags)
     search_dir = p.storage / p.name
     if args.dry_run:
         from search.dryrun import print_plan
@@ -61,13 +63,15 @@ def run_search(args: argparse.Namespace) -> int:
 
     check_address(p.address)  # seconds, before anything is created (no MLflow run, no search folder)
     try:
-        client = check_tracking(p.tracking_uri)
+        with span("search.check_tracking"):
+            client = check_tracking(p.tracking_uri)
     except ValueError as err:
         raise SearchError(str(err)) from None
     from search.tuner import connect
 
     gcs = connect(p)  # Ray is up (or joined) and one trial fits its nodes: only now is anything created
-    parent_id, callback = open_search(p, args, client, search_dir)
+    with span("search.open"):
+        parent_id, callback = open_search(p, args, client, search_dir)
     return run_and_judge(p, args, client, parent_id, callback, gcs)
 
 

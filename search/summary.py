@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainables.spans import timed
+
 
 def front_table(df: Any) -> str:
     """The Pareto-optimal designs, one line each: the trial, its mean task score over the seeds (± std) under the
@@ -28,6 +30,7 @@ def front_table(df: Any) -> str:
     return "\n".join(lines)
 
 
+@timed("search.finish")
 def finish(client: Any, parent_id: str, tracking_uri: str, report_dir: str, status: str = "FINISHED",
            state: str = "complete") -> None:
     """Close the search's record: children still running as interrupted, the report, the parent as `status`

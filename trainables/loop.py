@@ -34,6 +34,7 @@ from trainables.metrics import get_metric
 from trainables.models import build
 from trainables.report import NullReporter, Reporter, TrialFailure
 from trainables.selection import Selection
+from trainables.spans import mark, timed
 
 
 @dataclass
@@ -193,6 +194,7 @@ def train_step(engine: Any, data: Data, cfg: TrainConfig, task: Any, step: int, 
                            f"{tally.best_ema:.3g}", step)
 
 
+@timed("train")
 def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = None,
           on_step: Callable[[int, float], None] | None = None) -> TrialResult:
     reporter = reporter or NullReporter()
@@ -239,6 +241,7 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
         tally.run_loss, tally.run_n = 0.0, 0
         if out_dir:
             _save(out_dir, engine, design, step, cfg, selection, selected_now, last, rank)
+        mark("train.report", step=step)  # a scheduler may end the trial inside the report: mark it first
         reporter.report(last)  # every rank: Ray Train's report is a collective that all workers must join
 
     return TrialResult(step=cfg.max_steps, score=last.get("score", math.nan),
