@@ -56,3 +56,15 @@ def test_a_torn_line_and_an_unclosed_span_are_skipped(tmp_path, monkeypatch):
     events = spans.read_events(tmp_path)
     assert len(events) == 3
     assert [s["name"] for s in spans.pair_spans(events)] == ["train"]
+
+
+def test_every_emitted_name_is_listed_and_every_listed_name_is_emitted():
+    """NAMES is the contract benchmarks read by: a span added, renamed or dropped in the code must change it too."""
+    import re
+    from pathlib import Path
+
+    root = Path(spans.__file__).resolve().parents[1]
+    pattern = re.compile(r'\b(?:span|timed|mark)\(\s*"([a-z_.]+)"')
+    emitted = {m for pkg in ("analysis", "search", "trainables") for path in (root / pkg).rglob("*.py")
+               if path.name != "spans.py" for m in pattern.findall(path.read_text())}
+    assert emitted == set(spans.NAMES)
