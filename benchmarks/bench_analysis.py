@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 import warnings
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's analysis/, before an installed copy
 
 
 def _best_of(fn: Callable[[], object], repeat: int = 3) -> float:

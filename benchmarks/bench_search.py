@@ -42,6 +42,7 @@ from typing import Any
 from bench_data import add_data_dir, require_data_dir, smoke_sst2
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's analysis/, before an installed copy elsewhere
 SPACE = ROOT / "benchmarks" / "spaces" / "bench_sst2.yaml"
 SMOKE_SET = ("max_steps=2", "eval_every=2", "eval_cap=16", "train_limit=64")  # --smoke: seconds per trial
 METHODS = ("none", "pareto", "banded", "asha")
