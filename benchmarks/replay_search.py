@@ -53,7 +53,8 @@ def sampler_for(space_path: Path, data_dir: str | None = None, sets: tuple[str, 
     from search.cli import build_parser
     from search.plan import plan
 
-    argv = ["--space", str(space_path), *(["--data-dir", data_dir] if data_dir else []),
+    # Without data the plan is only read (--dry-run: the product checks data and weights only for a run).
+    argv = ["--space", str(space_path), *(["--data-dir", data_dir] if data_dir else ["--dry-run"]),
             *(a for s in sets for a in ("--set", s))]
     p = plan(build_parser().parse_args(argv))
     return p.sampler, p.run, p.task
