@@ -27,6 +27,7 @@ from analysis.design import SITE_NAMES
 from analysis.matching import (BUDGET_TOLERANCE, Design, DesignSet, designs_of, matched_pairs, moves, tied_sites,
                                units_along)
 from search import contract as C
+from trainables.spans import timed
 from trainables.vocabulary import Form
 
 COLUMNS = ["axis", "site", "a", "b", "diff", "ci_low", "ci_high", "n_pairs", "verdict"]  # effects.csv, in this order
@@ -213,6 +214,7 @@ def strict_representations(designs: list[Design]) -> list[Comparison]:
             for x, y in seen]
 
 
+@timed("report.effects")
 def like_for_like(df: pd.DataFrame, reference: C.Reference | None = None, *, lr: str = "auto",
                   large: float = LARGE_BUDGET, tiny: float = TINY_BUDGET) -> pd.DataFrame:
     """The effects table of a loaded search: `COLUMNS` plus `conclusion` (the paper's claim a row tests, or "").

@@ -30,6 +30,7 @@ from analysis.design import SITE_NAMES, design_columns, is_active, reference_of,
 from analysis.groups import design_groups
 from analysis.matching import designs_of
 from analysis.pareto import MIN_FRACTION
+from trainables.spans import timed
 
 MIN_TRIALS = 3  # fANOVA fits a random forest; below 3 points every split is arbitrary
 MAX_NUMERIC_CHOICES = 16  # a numeric setting with more values than this is a range, not a list of choices
@@ -112,6 +113,7 @@ def observations(df: pd.DataFrame, target: str, include_train: bool = False) -> 
     return rows, np.array([d.scores.mean() for d in chosen.designs]), basis
 
 
+@timed("report.importance")
 def param_importance(df: pd.DataFrame, target: str = "score", include_train: bool = False) -> pd.Series:
     """fANOVA importance of each varying design parameter for `target` ("score", or "fraction" on a log10 scale).
 

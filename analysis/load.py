@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from analysis.design import BASE_COLUMNS, DESIGN_LINE_SEPARATOR, SITE_NAMES
 from analysis.mlflow_filter import PAGE_SIZE, tag_filter
 from search import contract as C
+from trainables.spans import timed
 _PANDAS3 = int(pd.__version__.split(".")[0]) >= 3
 _INT_RE = re.compile(r"^[+-]?\d+$")
 # Values that mean "not set" when deciding whether a param column is numeric (str(None) from Python).
@@ -244,6 +245,7 @@ def runs_to_frame(runs: list[Run]) -> pd.DataFrame:
     return df.sort_values(["start_time", "run_id"], kind="stable").reset_index(drop=True)
 
 
+@timed("report.load")
 def load_search(
     experiment: str | None = None,
     parent_run_id: str | None = None,

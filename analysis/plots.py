@@ -27,6 +27,7 @@ from analysis.design import describe_design, reference_of
 from analysis.groups import design_groups, group_front, pareto_flags
 from analysis.pareto import MIN_FRACTION, hypervolume
 from search.contract import FAILED, Reference, score_name
+from trainables.spans import timed
 
 # Sizes: 10 x 7 in at 100 dpi = 1000 x 700 px, readable in the MLflow artifact viewer without scrolling.
 FIG_SIZE_IN = (10.0, 7.0)
@@ -75,6 +76,7 @@ def _xs(values: pd.Series | np.ndarray) -> np.ndarray:
     return np.maximum(np.asarray(values, dtype=float), MIN_FRACTION)
 
 
+@timed("report.figure.front_figure_png")
 def front_figure_png(df: pd.DataFrame, path: str | Path, title: str | None = None,
                      reference: Reference | None = None) -> Path:
     """`front_figure` written as a ~1000x700 PNG."""
@@ -212,6 +214,7 @@ def hover_text(row: Mapping[str, object], group: Mapping[str, object] | None = N
     return "<br>".join(lines)
 
 
+@timed("report.figure.front_figure_html")
 def front_figure_html(df: pd.DataFrame, path: str | Path, title: str | None = None,
                       reference: Reference | None = None) -> Path:
     """Interactive version of the front; self-contained (plotly.js embedded: users may have no internet)."""
@@ -260,6 +263,7 @@ def front_figure_html(df: pd.DataFrame, path: str | Path, title: str | None = No
     return path
 
 
+@timed("report.figure.importance_figure_png")
 def importance_figure_png(
     importances: pd.Series | Mapping[str, pd.Series], path: str | Path, title: str | None = None
 ) -> Path:

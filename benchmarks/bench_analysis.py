@@ -1,4 +1,5 @@
 """Timings of the analysis package (not a test): python benchmarks/bench_analysis.py [--trials 1000]
+(`--smoke`: 1,000 points and 12 runs, to check that it still runs.)
 
 Targets: pareto_mask + hypervolume over 100,000 points < 1 s; load_search over 1,000 runs (sqlite) < 10 s.
 Also times a whole report update over the same runs, which is what the search pays after each trial.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 import warnings
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's analysis/, before an installed copy
 
 
 def _best_of(fn: Callable[[], object], repeat: int = 3) -> float:
@@ -76,7 +80,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--points", type=int, default=100_000, help="synthetic points for the Pareto/hypervolume timing")
     p.add_argument("--trials", type=int, default=1000, help="runs fabricated in sqlite for the load timing")
+    p.add_argument("--smoke", action="store_true", help="1,000 points, 12 runs: does it still run? (seconds)")
     args = p.parse_args()
+    if args.smoke:
+        args.points, args.trials = 1000, 12
     warnings.filterwarnings("ignore")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)

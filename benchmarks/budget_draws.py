@@ -2,6 +2,7 @@
 
     python benchmarks/budget_draws.py                      # the production searcher (over-budget draws redrawn)
     python benchmarks/budget_draws.py --max-draws 1        # every draw handed to a trial, as before issue 12
+    python benchmarks/budget_draws.py --smoke              # 10 trials per sampler: does it still run?
 
 Drives the production plan and searcher (`search.driver.plan`, `make_searcher`) without Ray: each suggestion is a
 trial; an over-budget one is completed as Ray's trial would report it (skipped), a feasible one with a score that is
@@ -57,7 +58,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-draws", type=int, default=200, help="1 = hand every draw to a trial (before issue 12)")
+    ap.add_argument("--smoke", action="store_true", help="10 trials per sampler")
     args = ap.parse_args()
+    if args.smoke:
+        args.trials = 10
     for sampler in ("tpe", "nsga2"):
         trials, draws, generations = run(sampler, args)
         line = (f"{sampler:5s} over-budget trials per 50: {per_50(trials)} | {len(draws)} draws, over-budget per 50 "

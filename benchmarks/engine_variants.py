@@ -1,5 +1,6 @@
-"""The training engines benchmarks/gpu_check.py times: trainables.engine's DeepSpeed (as shipped, or the bf16-accumulating
-stage-0 config of before, `0b`) and plain PyTorch, each over one AdamW with decay on matrices only."""
+"""The training engines benchmarks/gpu_check.py times: trainables.engine's DeepSpeed (as shipped, or the
+bf16-accumulating stage-0 config of before, `0b`) and plain PyTorch, each over one AdamW with the product's optimizer
+groups (`trainables.loop.optimizer_groups`: decay on matrices only)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from torch import nn
 
 
 def make_optimizer(model: nn.Module, lr: float) -> tuple[torch.optim.Optimizer, Any]:
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr)
+    from trainables.loop import optimizer_groups
+
+    opt = torch.optim.AdamW(optimizer_groups(model, 0.01), lr=lr)  # the product's groups: decay on matrices only
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
 
 

@@ -25,9 +25,10 @@
 Targets: DeepSpeed ≥ 1.0× plain PyTorch tokens/s; MFU ≥ 40% (DeepSpeed, at the brief's batch 16 × 128/128).
 Writes gpu_check.json and gpu_check.txt under $OUT (else ./gpu_check_out).
 
-`--cpu-smoke` runs the same code paths on this CPU-only machine for 2 timed steps with a tiny mBART (the same `mam`
-preset design): DeepSpeed bf16 on the CPU accelerator (falling back to DeepSpeed fp32, then to skipping DeepSpeed,
-saying which ran), torch bf16 autocast on CPU, the FLOP count, and the parity check CPU against CPU.
+`--cpu-smoke` (or `--smoke`) runs the same code paths on this CPU-only machine for 2 timed steps with a tiny mBART
+(the same `mam` preset design): DeepSpeed bf16 on the CPU accelerator (falling back to DeepSpeed fp32, then to
+skipping DeepSpeed, saying which ran), torch bf16 autocast on CPU, the FLOP count, and the parity check CPU against
+CPU.
 """
 
 from __future__ import annotations
@@ -245,22 +246,70 @@ def deepspeed_available() -> str | None:
         return None
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cpu-smoke", action="store_true", help="tiny mBART, 2 steps, on CPU: do the code paths run?")
+    ap.add_argument("--cpu-smoke", "--smoke", dest="cpu_smoke", action="store_true",
+                    help="tiny mBART, 2 steps, on CPU: do the code paths run?")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=16, help="the batch the targets are judged at")
     ap.add_argument("--extra-batches", default="64", help="comma-separated further batch sizes (informative)")
     ap.add_argument("--src", type=int, default=128)
     ap.add_argument("--tgt", type=int, default=128)
-    ap.add_argument("--zero-stages", default="1,2,0b",
-                    help="DeepSpeed runs at --batch: 1, 2 (as shipped) and 0b = the bf16-accumulating stage-0 config of before")
+    ap.add_argument("--zero-stages", default="1,2,0b", help="DeepSpeed runs at --batch: 1, 2 (as shipped) and 0b = "
+                    "the bf16-accumulating stage-0 config of before")
     ap.add_argument("--parity-steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-deepspeed", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def _failed(rep: dict[str, Any], msg: str) -> None:
+    log("  FAILED " + msg)
+    rep["errors"].append(msg + "\n" + traceback.format_exc(limit=6))
+
+
+def deepspeed_runs(args: argparse.Namespace, config: Any, design: Any, device: torch.device, batch: int,
+                   first_batch: bool, stages: list[tuple[int, bool]], rep: dict[str, Any]) -> list[dict[str, Any]]:
+    """DeepSpeed at each ZeRO stage (the extra batch sizes at the first stage only); on CPU bf16, else fp32."""
+    runs: list[dict[str, Any]] = []
+    for zi, (stage, legacy) in enumerate(stages):
+        if not first_batch and zi:
+            break
+        for precision in ["bf16", "fp32"] if args.cpu_smoke else ["bf16"]:
+            try:
+                runs.append(throughput("deepspeed", precision, args, config, design, device, batch,
+                                       first_batch and not runs, stage, legacy))
+                break
+            except Exception as err:  # noqa: BLE001
+                _failed(rep, f"deepspeed ZeRO-{stage}{' (before)' if legacy else ''} {precision} batch {batch}: "
+                        f"{type(err).__name__}: {err}")
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    return runs
+
+
+def batch_runs(args: argparse.Namespace, config: Any, design: Any, device: torch.device, batch: int,
+               first_batch: bool, stages: list[tuple[int, bool]], peak: float | None,
+               rep: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every engine at one batch size, each with the FLOP count and MFU."""
+    runs = deepspeed_runs(args, config, design, device, batch, first_batch, stages, rep) if rep["deepspeed"] else []
+    try:
+        runs.append(throughput("torch", "bf16", args, config, design, device, batch, first_batch))
+    except Exception as err:  # noqa: BLE001
+        _failed(rep, f"torch bf16 batch {batch}: {type(err).__name__}: {err}")
+    flops = next((r["flops"] for r in runs if r.get("flops")), None)
+    for r in runs:
+        if not r.get("flops"):
+            r["flops"] = flops
+        add_mfu(r, peak)
+    return runs
+
+
+def main() -> None:
+    args = parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -289,47 +338,16 @@ def main() -> None:
         "design": design.describe().replace("\n", "; "), "throughput": [], "errors": [], "verdicts": [],
     }
     log(f"device: {name}; peak bf16 {peak}; torch {torch.__version__}; deepspeed {ds_version}")
-
     batches = [args.batch] + [int(b) for b in args.extra_batches.split(",") if b.strip()]
     stages = [parse_stage(z) for z in args.zero_stages.split(",") if z.strip()]
     for bi, batch in enumerate(batches):
-        runs = []
-        for zi, (stage, legacy) in enumerate(stages if ds_version else []):
-            if bi and zi:  # the extra batch sizes run DeepSpeed at the first stage only
-                break
-            precisions = ["bf16", "fp32"] if args.cpu_smoke else ["bf16"]
-            for precision in precisions:  # on CPU, fall back to fp32 if DeepSpeed's bf16 does not run there
-                try:
-                    runs.append(throughput("deepspeed", precision, args, config, design, device, batch,
-                                           bi == 0 and not runs, stage, legacy))
-                    break
-                except Exception as err:  # noqa: BLE001
-                    msg = f"deepspeed ZeRO-{stage}{' (before)' if legacy else ''} {precision} batch {batch}: {type(err).__name__}: {err}"
-                    log("  FAILED " + msg)
-                    rep["errors"].append(msg + "\n" + traceback.format_exc(limit=6))
-                    gc.collect()
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-        try:
-            runs.append(throughput("torch", "bf16", args, config, design, device, batch, bi == 0))
-        except Exception as err:  # noqa: BLE001
-            msg = f"torch bf16 batch {batch}: {type(err).__name__}: {err}"
-            log("  FAILED " + msg)
-            rep["errors"].append(msg + "\n" + traceback.format_exc(limit=6))
-        flops = next((r["flops"] for r in runs if r.get("flops")), None)
-        for r in runs:
-            if not r.get("flops"):
-                r["flops"] = flops
-            add_mfu(r, peak)
-        rep["throughput"] += runs
-
+        rep["throughput"] += batch_runs(args, config, design, device, batch, bi == 0, stages, peak, rep)
     try:
         rep["parity"] = parity(args, device if cuda else None)
     except Exception as err:  # noqa: BLE001
         rep["errors"].append(f"parity: {type(err).__name__}: {err}\n" + traceback.format_exc(limit=6))
         rep["parity"] = {"devices": ["cpu", "?"], "steps": 0, "max_abs_diff": float("nan"), "pass": False,
                          "note": "failed"}
-
     add_verdicts(rep, args.batch, args.cpu_smoke)
     (out / "gpu_check.json").write_text(json.dumps(rep, indent=1, default=str))
     text = summary_text(rep)

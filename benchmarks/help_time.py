@@ -1,6 +1,7 @@
 """Seconds until `--help` prints, for each command, in this checkout and in another commit side by side.
 
     python benchmarks/help_time.py --before main --repeats 5
+    python benchmarks/help_time.py --smoke    # petl-search --help once, HEAD vs this checkout: does it still run?
 
 The other commit is exported with `git archive` into a temporary folder (no worktree is created); each command runs as
 `python -m MODULE --help` with that tree first on PYTHONPATH, alternating the two trees run by run so machine noise
@@ -44,11 +45,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", default="main", help="commit or branch to compare with (default: main)")
     p.add_argument("--repeats", type=int, default=5, help="runs per command and tree (default: 5)")
+    p.add_argument("--smoke", action="store_true", help="one command, once, against HEAD")
     args = p.parse_args()
+    commands = COMMANDS
+    if args.smoke:
+        args.before, args.repeats, commands = "HEAD", 1, COMMANDS[:1]
     with tempfile.TemporaryDirectory() as tmp:
         before = export(args.before, Path(tmp))
         print(f"{'command --help':<22}{args.before + ' (s)':>14}{'this checkout (s)':>20}{'ratio':>8}")
-        for module in COMMANDS:
+        for module in commands:
             times: dict[str, list[float]] = {"before": [], "after": []}
             for _ in range(args.repeats):
                 times["before"].append(seconds(before, module))

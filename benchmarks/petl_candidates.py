@@ -20,6 +20,7 @@ from trainables.tiny import tiny_config
 GLUE_PRESETS = {"lora_attn": 768, "mam_glue": 768}  # budgets taken from RoBERTa-base (Table 2)
 PAPER_D = 1024  # BART-large / mBART-large, every other preset
 QUICK_PRESETS = ("full", "mam", "lora_attn")
+SMOKE_PRESETS = ("full", "lora_attn")  # --smoke: one of ours beside full fine-tuning and its PEFT counterpart
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -182,17 +183,17 @@ def peft_prefix(bench: Bench, l: int) -> Candidate:
                      f"peft PrefixTuningConfig(num_virtual_tokens={l}), decoder self-attn only").finish()
 
 
-def candidates(bench: Bench, quick: bool, budget: str) -> list[Callable[[], Candidate]]:
+def candidates(bench: Bench, quick: bool, budget: str, smoke: bool = False) -> list[Callable[[], Candidate]]:
     presets = load_presets()
     builders: list[Callable[[], Candidate]] = []
     designs = {n: scale_design(n, p.design, bench.d_model, budget) for n, p in presets.items()}
     for name, dp in designs.items():
-        if quick and name not in QUICK_PRESETS:
+        if (quick and name not in QUICK_PRESETS) or (smoke and name not in SMOKE_PRESETS):
             continue
         builders.append(lambda name=name, dp=dp: ours(bench, name, dp, "peft_lora" if name == "lora_attn" else None))
     lora = designs["lora_attn"].query
     builders.append(lambda: peft_lora(bench, lora.size, lora.scale))
-    if bench.seq2seq:
+    if bench.seq2seq and not smoke:
         l = designs["prefix"].head_attn.size
         flat = DesignPoint.from_dict({"head_attn": {"form": "softmax", "size": l, "composition": "gated",
                                                     "prefix_mlp": 0}})

@@ -19,6 +19,7 @@ from search.dryrun import print_plan
 from search.names import check_name, save_args
 from search.outcome import STATES, Outcome, StopSignals, describe, outcome_fields, tally, write_status
 from search.plan import DefineByRunSpace, SearchError, SearchPlan, plan
+from trainables.spans import span
 
 
 def make_searcher(p: SearchPlan) -> Any:
@@ -55,7 +56,8 @@ def run_search(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*experimental.*")
     check_name(args)  # first: a name collision costs no planning (search/names.py)
-    p = plan(args)  # resolves the study flags too (search.plan.resolve_study_flags)
+    with span("search.plan"):
+        p = plan(args)  # resolves the study flags too (search.plan.resolve_study_flags)
     search_dir = p.storage / p.name
     if args.dry_run:
         print_plan(p, args)
@@ -65,13 +67,15 @@ def run_search(args: argparse.Namespace) -> int:
 
     check_address(p.address)  # seconds, before anything is created (no MLflow run, no search folder)
     try:
-        client = check_tracking(p.tracking_uri)
+        with span("search.check_tracking"):
+            client = check_tracking(p.tracking_uri)
     except ValueError as err:
         raise SearchError(str(err)) from None
     from search.tuner import connect
 
     gcs = connect(p)  # Ray is up (or joined) and one trial fits its nodes: only now is anything created
-    parent_id, callback = open_search(p, args, client, search_dir)
+    with span("search.open"):
+        parent_id, callback = open_search(p, args, client, search_dir)
     return run_and_judge(p, args, client, parent_id, callback, gcs)
 
 

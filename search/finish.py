@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from search.contract import SEARCH_STATE_TAG, score_name
+from trainables.spans import timed
 
 
 def front_table(df: Any) -> str:
@@ -30,6 +31,7 @@ def front_table(df: Any) -> str:
     return "\n".join(lines)
 
 
+@timed("search.finish")
 def finish(client: Any, parent_id: str, tracking_uri: str, report_dir: str, status: str = "FINISHED",
            state: str = "complete") -> None:
     """Close the search's record: children still running as interrupted, the report, the parent as `status`

@@ -25,6 +25,7 @@ from ray.tune.search import Searcher
 from search import contract as C
 from search.searcher import outcome
 from search.studyplan import replicate_seeds, with_replicate
+from trainables.spans import timed
 
 __all__ = ["ReplicateSearcher", "combine", "replicate_seeds", "with_replicate"]
 
@@ -70,6 +71,7 @@ class ReplicateSearcher(Searcher):
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return self.searcher.set_search_properties(metric, mode, config, **spec)
 
+    @timed("search.suggest", trial_arg=1)
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self._pending:
             design_id, config = self._pending.pop(0)
@@ -88,6 +90,7 @@ class ReplicateSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Intermediate results stay with Ray's scheduler: the optimizer hears of a design once, when it is done."""
 
+    @timed("search.tell", trial_arg=1)
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         design_id = self._design_of.get(trial_id)
         if design_id is None or design_id in self._told:

@@ -21,6 +21,7 @@ from ray.tune.search import Searcher
 from search import contract as C
 from search.searcher import outcome
 from search.studyplan import GRID_LIMIT, grid_configs, lr_free_key, planned_trials, with_replicate
+from trainables.spans import timed
 
 __all__ = ["GRID_LIMIT", "ConfigListSearcher", "grid_configs", "lr_free_key", "planned_trials"]
 
@@ -42,6 +43,7 @@ class ConfigListSearcher(Searcher):
                 self._open[lr_free_key(c)] = self._open.get(lr_free_key(c), 0) + 1
         self._first: dict[str, dict[str, Any]] = {}  # Ray trial id -> first-seed config (best lr only)
 
+    @timed("search.suggest", trial_arg=1)
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self._queue:
             config = self._queue.pop(0)
@@ -52,6 +54,7 @@ class ConfigListSearcher(Searcher):
             return None  # waiting for a design's learning rates to finish before its other seeds
         return Searcher.FINISHED
 
+    @timed("search.tell", trial_arg=1)
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         config = self._first.pop(trial_id, None)
         if config is None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -10,6 +12,7 @@ from ray import tune
 
 from search.cluster import check_placement
 from search.scheduler import make_scheduler
+from trainables.spans import span, timed
 
 # A multi-worker trial's own Tune process only launches Ray Train's workers (which reserve the CPUs and GPUs): it
 # holds 1 byte of memory and no CPU, so N workers of 1 CPU fit on N 1-CPU nodes (with 0.01 CPU it left 0.99 on its
@@ -20,13 +23,14 @@ LAUNCHER_RESOURCES = {"cpu": 0, "memory": 1}
 def _init_ray(address: str | None, num_cpus: float | None) -> None:
     if ray.is_initialized():
         return
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    else:
-        # address="local": always a private instance. Without it ray.init joins any cluster a `ray start` left on
-        # this machine (someone else's work, which may die under us).
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+    with span("search.ray_start"):
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            # address="local": always a private instance. Without it ray.init joins any cluster a `ray start` left
+            # on this machine (someone else's work, which may die under us).
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                     log_to_driver=False)
 
 
 def connect(plan: Any) -> str | None:
@@ -38,6 +42,21 @@ def connect(plan: Any) -> str | None:
     return ray.get_runtime_context().gcs_address
 
 
+def spanned(run_trial: Callable[[dict, Any], None]) -> Callable[[dict, Any], None]:
+    """The trainable as a span named "trial" (field: Tune's trial id) in its worker (trainables.spans). Same name
+    and signature as `run_trial`, so Ray names trials and restores a search as before."""
+
+    @functools.wraps(run_trial)
+    def trial(config: dict, context: Any) -> None:
+        from ray import tune
+
+        with span("trial", trial=tune.get_context().get_trial_id()):
+            return run_trial(config, context)
+
+    return trial
+
+
+@timed("search.fit")
 def fit(plan: Any, searcher: Any, callback: Any, resume: bool = False) -> Any:
     """Run (or resume) the search of a `search.plan.SearchPlan`; every outcome lands in MLflow through `callback`.
     Returns Ray Tune's ResultGrid (trials in their final or, after a stop signal, unfinished states)."""
@@ -46,7 +65,7 @@ def fit(plan: Any, searcher: Any, callback: Any, resume: bool = False) -> Any:
 
     _init_ray(plan.address, None)
     trial = plan.trial
-    trainable = tune.with_resources(tune.with_parameters(run_trial, context=trial),
+    trainable = tune.with_resources(tune.with_parameters(spanned(run_trial), context=trial),
                                     {"cpu": trial.cpus_per_trial, "gpu": trial.gpus_per_trial}
                                     if trial.workers_per_trial <= 1 else LAUNCHER_RESOURCES)
     path = str(plan.storage / plan.name)

@@ -17,8 +17,8 @@ LORA = {"form": "identity", "composition": "scaled", "scale": 2.0, "init": "lora
 
 
 def grid_designs() -> list[DesignPoint]:
-    """The 44 designs of spaces/bench_sst2_grid.yaml: prefix l in {2, 16}, FFN adapter r in {4, 64} sequential or
-    parallel, LoRA on query and value (tied) r in {2, 16}; each site present or not."""
+    """The 44 designs of benchmarks/spaces/bench_sst2_grid.yaml: prefix l in {2, 16}, FFN adapter r in {4, 64}
+    sequential or parallel, LoRA on query and value (tied) r in {2, 16}; each site present or not."""
     heads = [None] + [{"form": "softmax", "size": s, "composition": "gated"} for s in (2, 16)]
     ffns = [None] + [{**FFN, "size": s, "insertion": i} for s in (4, 64) for i in ("sequential", "parallel")]
     loras = [None] + [{**LORA, "size": s} for s in (2, 16)]

@@ -34,6 +34,7 @@ from trainables.metrics import get_metric
 from trainables.models import build
 from trainables.reporter import NullReporter, Reporter, TrialFailure
 from trainables.selection import Selection
+from trainables.spans import mark, timed
 
 
 @dataclass
@@ -101,11 +102,16 @@ def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
                          num_training_steps=cfg.max_steps, **extra)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The trainable parameters as two optimizer groups: matrices decay by `weight_decay`, vectors (biases, LayerNorm
+    gains) do not. Frozen parameters are in neither, so the optimizer holds state only for what trains."""
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]  # biases, LayerNorms
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(optimizer_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -188,6 +194,7 @@ def train_step(engine: Any, data: Data, cfg: TrainConfig, task: Any, step: int, 
                            f"{tally.best_ema:.3g}", step)
 
 
+@timed("train")
 def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = None,
           on_step: Callable[[int, float], None] | None = None) -> TrialResult:
     reporter = reporter or NullReporter()
@@ -234,6 +241,7 @@ def train(design: DesignPoint, cfg: TrainConfig, reporter: Reporter | None = Non
         tally.run_loss, tally.run_n = 0.0, 0
         if out_dir:
             _save(out_dir, engine, design, step, cfg, selection, selected_now, last, rank)
+        mark("train.report", step=step)  # a scheduler may end the trial inside the report: mark it first
         reporter.report(last)  # every rank: Ray Train's report is a collective that all workers must join
 
     return TrialResult(step=cfg.max_steps, score=last.get("score", math.nan),
