@@ -16,7 +16,11 @@ import argparse
 import os
 import secrets
 
+from search.names import SearchError, check_name, restore_args
+from search.outcome import exit_code_table
 from trainables.gpus import DEFAULT_GPU, DEFAULT_UTILIZATION
+from trainables.runconfig import settings_help
+from trainables.tasks import data_help, get_task, task_names
 
 DEFAULT_SPACE = "smoke"
 
@@ -34,18 +38,15 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def epilog() -> str:
     """What --set accepts (with each setting's default from the run configuration) and what --data-dir must hold per
     task, both derived from the code that reads them (trainables.runconfig, trainables.tasks)."""
-    from trainables.runconfig import settings_help
-    from trainables.tasks import data_help, get_task, task_names
-
     sets = "\n".join(f"  {line}" for line in settings_help())
     data = "\n".join(f"  {name}: {data_help(get_task(name))}" for name in task_names() if not get_task(name).generated)
-    return (f"--set KEY=VALUE (also a space's train: key); default = the task's recipe, or the setting's own:\n{sets}\n\n"
-            f"--data-dir DIR must hold, per task (the first existing name wins):\n{data}\n"
-            "Without --data-dir a task reads its Hugging Face dataset (the cache, or the hub unless HF_HUB_OFFLINE=1).")
+    return (f"--set KEY=VALUE (also a space's train: key); default = the task's recipe, or the setting's own:"
+            f"\n{sets}\n\n--data-dir DIR must hold, per task (the first existing name wins):\n{data}\n"
+            "Without --data-dir a task reads its Hugging Face dataset (the cache, or the hub unless "
+            "HF_HUB_OFFLINE=1).")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from search.outcome import exit_code_table
 
     p = argparse.ArgumentParser(prog="petl-search", description=__doc__, formatter_class=HelpFormatter,
                                 epilog=epilog() + "\n\n" + exit_code_table() + "\n\nOn a cluster (an existing Ray "
@@ -164,14 +165,12 @@ def execute(args: argparse.Namespace) -> int:
         os.environ.setdefault(key, value)
     if args.address is None:
         private_ray_token()
-    from search.names import SearchError, check_name, restore_args
-
     try:
         name, storage = check_name(args)  # before the heavy imports: a collision is answered in well under a second
         given = getattr(args, "given_flags", None)
         if args.resume and given is not None:
             restore_args(args, given, storage / name)
-        from search.driver import run_search
+        from search.driver import run_search  # deferred on purpose: Ray, torch and MLflow take seconds to load
 
         return run_search(args)
     except SearchError as err:

@@ -13,6 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import HfApi, constants, try_to_load_from_cache
+from huggingface_hub.errors import RepositoryNotFoundError
+
 from search.names import SearchError
 from trainables.tasks import Task, data_help
 
@@ -95,8 +98,6 @@ def _check_model(model: str) -> Missing | None:
 
 def _uncached_model_files(repo: str) -> list[str]:
     """Which of config / weights / tokenizer the hub cache lacks for `repo` (empty: all cached)."""
-    from huggingface_hub import try_to_load_from_cache
-
     def cached(name: str) -> bool:
         return isinstance(try_to_load_from_cache(repo, name), str)
 
@@ -116,8 +117,6 @@ def _check_dataset(task: Task) -> Missing | None:
 
 def _dataset_cached(repo: str) -> bool:
     """A downloaded hub snapshot (`datasets--owner--name`) or a prepared `datasets` cache folder for `repo`."""
-    from huggingface_hub import constants
-
     hub = Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}" / "snapshots"
     prepared = Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets")
     folders = [prepared / repo.replace("/", "___"), prepared / repo.split("/")[-1]]
@@ -126,9 +125,6 @@ def _dataset_cached(repo: str) -> bool:
 
 def _ask_hub(repo: str, kind: str, what: str, flag: str) -> Missing | None:
     """The hub is allowed: does it answer, within HUB_TIMEOUT_S, that `repo` exists?"""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError
-
     api = HfApi()
     try:
         (api.model_info if kind == "model" else api.dataset_info)(repo, timeout=HUB_TIMEOUT_S)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from search import contract as C
 from search.hub import check_available
 from search.names import SearchError, default_name, search_name, storage_folder
 from search.preflight import check_data_dir, check_flags, check_local_resources, check_model_fits, model_phrase
@@ -22,6 +23,9 @@ from search.space import BranchWalker, SearchSpace, load_space
 from search.studyplan import grid_configs, planned_trials, replicate_seeds
 from trainables.config import parse_overrides
 from trainables.counting import count_params
+from trainables.data import load_examples
+from trainables.design import DesignPoint
+from trainables.models import check_lengths, config_for, resolve_model_path
 from trainables.presets import load_presets
 from trainables.runconfig import RunConfig, resolve_run
 from trainables.tasks import Task, get_task
@@ -109,8 +113,6 @@ class SearchPlan:
 
 def plan(args: argparse.Namespace) -> SearchPlan:
     """Resolve and check everything; raises SearchError (one line) on bad input."""
-    from trainables.models import config_for, resolve_model_path
-
     resolve_study_flags(args)
     check_flags(args)
     try:
@@ -143,7 +145,8 @@ def plan(args: argparse.Namespace) -> SearchPlan:
     trials = planned_trials(study, len(seeds), best_lr) if study is not None else (args.num_samples or 8) * len(seeds)
     name = search_name(args.name or default_name(args.space, run.task.name))
     storage = storage_folder(args.storage)
-    trial = TrialContext(run=run, trials_dir=str(storage / name / "trials"), results_dir=str(storage / name / "results"),
+    trial = TrialContext(run=run, trials_dir=str(storage / name / "trials"),
+                         results_dir=str(storage / name / "results"),
                          storage=str(storage), max_param_fraction=args.max_param_fraction,
                          rerun_duplicates=args.rerun_duplicates, cpus_per_trial=args.cpus_per_trial,
                          gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial)
@@ -157,8 +160,6 @@ def plan(args: argparse.Namespace) -> SearchPlan:
 
 def _check_lengths(run: RunConfig, config: Any, sampled: dict[str, Any]) -> None:
     """The resolved lengths, and the longest a sampled max_length / max_target_length can draw, fit the model."""
-    from trainables.models import check_lengths
-
     longest = {k: max(_candidates(sampled[k])) if k in sampled else getattr(run.train, k)
                for k in ("max_length", "max_target_length")}
     check_lengths(run.task, config, longest["max_length"], longest["max_target_length"])
@@ -174,8 +175,6 @@ def study_configs(args: argparse.Namespace, space: SearchSpace, sampler: SpaceSa
     """The fixed configs of a study (a grid, or a front handed over by search.reevaluate); None for an optimizer."""
     front = getattr(args, "front", None)
     if front is not None:
-        from trainables.design import DesignPoint
-
         return [sampler.price(DesignPoint.from_dict(c["design"]), c["train"], c.get("preset")) for c in front]
     if args.sampler != "grid":
         return None
@@ -201,22 +200,19 @@ def resolve_study_flags(args: argparse.Namespace) -> None:
 def task_reference(task: Task, train: Any) -> Any:
     """The hypervolume reference score: majority class of the evaluation examples when they are local or generated
     (read once, cheaply), else chance; 0 for BLEU/ROUGE."""
-    from search.contract import task_reference as reference
-
     labels = None
     if task.kind == "classification" and (task.generated or train.data_dir):
-        from trainables.data import load_examples
-
         try:
             labels = [int(e["label"]) for e in load_examples(task, "validation", train.data_dir,
                                                              limit=train.eval_cap, seed=train.seed)]
         except (OSError, ValueError):  # unreadable data fails the trials with its own message; chance will do here
             labels = None
-    return reference(task.name, labels)
+    return C.task_reference(task.name, labels)
 
 
 def _schedule(args: argparse.Namespace, run: RunConfig) -> Schedule:
-    """ASHA's grace period defaults to the resolved evaluation interval: a trial can only be judged where it reports."""
+    """ASHA's grace period defaults to the resolved evaluation interval: a trial can only be judged where it
+    reports."""
     every, max_t = run.train.eval_every, run.train.max_steps
     grace = args.grace_period if args.grace_period is not None else every
     if args.scheduler != "none" and (grace < 1 or grace % every):
