@@ -174,6 +174,25 @@ def test_offline_a_missing_model_and_missing_data_are_named_in_one_line(run: Any
         assert "\n" not in out
 
 
+def test_a_hub_that_does_not_answer_names_both_flags_and_hf_hub_offline() -> None:
+    """Online but the hub unreachable (a cluster without outbound network, HF_HUB_OFFLINE not set): both things in
+    one line, with HF_HUB_OFFLINE as the way to stop asking."""
+    from search.hub import Missing, one_line
+    from trainables.tasks import data_help, get_task
+
+    task = get_task("xsum")
+    line = one_line([Missing("model 'facebook/bart-large' is not cached on this machine and the Hugging Face hub did "
+                             "not answer (ConnectError)", "pass --model DIR with a local copy", hub_silent=True),
+                     Missing("dataset 'EdinburghNLP/xsum' is not cached on this machine and the Hugging Face hub did "
+                             "not answer (ConnectError)", "pass --data-dir DIR with a local copy", hub_silent=True)],
+                    task)
+    assert line == (
+        "model 'facebook/bart-large' is not cached on this machine and the Hugging Face hub did not answer "
+        "(ConnectError), and dataset 'EdinburghNLP/xsum' is not cached on this machine and the Hugging Face hub did "
+        "not answer (ConnectError); pass --model DIR with a local copy and --data-dir DIR with a local copy, or set "
+        f"HF_HUB_OFFLINE=1 with a pre-filled HF_HOME cache; --data-dir DIR for task 'xsum' holds {data_help(task)}")
+
+
 def test_offline_a_missing_model_alone_names_model_dir(run: Any, empty_hf_cache: Path, tmp_path: Path) -> None:
     assert run("--space", "full", "--dataset", "sst2", "--data-dir", data_dir(tmp_path, GOOD_TSV), "--set",
                "batch_size=2") == (
