@@ -28,8 +28,8 @@ _EXPORTS = {
     "pareto_flags": "analysis.groups",
     "pareto_mask": "analysis.pareto",
     "reference_of": "analysis.design",
-    "update_search_report": "analysis.report",
-    "write_report": "analysis.report",
+    "update_search_report": "analysis.publish",
+    "write_report": "analysis.publish",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
@@ -30,6 +32,7 @@ _PANDAS3 = int(pd.__version__.split(".")[0]) >= 3
 _INT_RE = re.compile(r"^[+-]?\d+$")
 # Values that mean "not set" when deciding whether a param column is numeric (str(None) from Python).
 _NULL_STRINGS = frozenset({"None", "nan", "NaN", ""})
+SQLITE = "sqlite:///"
 
 
 class TrackingUnreachableError(ConnectionError):
@@ -45,7 +48,15 @@ def _client_uri(client: MlflowClient) -> str:
 
 
 def make_client(tracking_uri: str | None = None) -> MlflowClient:
-    """MlflowClient for ``tracking_uri``; a URI that cannot even be opened (bad sqlite path) is "unreachable"."""
+    """MlflowClient for ``tracking_uri`` (default: $MLFLOW_TRACKING_URI, else MLflow's sqlite:///mlflow.db); a URI that
+    cannot be opened (bad sqlite path) is "unreachable", and so is a SQLite file that does not exist: MLflow would
+    create an empty store there and answer "unknown experiment" (a report run from another folder than the search)."""
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    if uri.startswith(SQLITE) and uri[len(SQLITE):] != ":memory:" and not Path(uri[len(SQLITE):]).is_file():
+        raise TrackingUnreachableError(
+            f"No MLflow store at {uri!r} (no such file). A search writes "
+            "sqlite:///mlflow.db in the folder it ran from unless given --tracking-uri: run from that folder, or pass "
+            "the search's --tracking-uri.")
     try:
         return MlflowClient(tracking_uri=tracking_uri)
     except Exception as exc:  # noqa: BLE001 - the store constructor raises many kinds of errors

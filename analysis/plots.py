@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Annotation, Text
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import Formatter, FuncFormatter, LogFormatter
 from matplotlib.transforms import Bbox
 
 from analysis.design import describe_design, reference_of
@@ -52,6 +52,29 @@ def y_label(df: pd.DataFrame) -> str:
 
 def _percent(value: float, _pos: object = None) -> str:
     return f"{100 * value:.3g}%"
+
+
+class PercentLogFormatter(Formatter):
+    """Minor ticks of a log axis in percent, labelled where matplotlib's own log formatter would label them (all of
+    them when the data spans less than about a decade, none when it spans many)."""
+
+    def __init__(self) -> None:
+        self.log = LogFormatter(labelOnlyBase=False)  # decides which ticks get a label; we write the label
+
+    def set_axis(self, axis: object) -> None:
+        super().set_axis(axis)
+        self.log.set_axis(axis)
+
+    def set_locs(self, locs: object) -> None:
+        super().set_locs(locs)
+        self.log.set_locs(locs)
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return _percent(x) if self.log(x, pos) else ""
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def family_colors(families: list[str]) -> dict[str, str]:
@@ -101,10 +124,14 @@ def front_figure(df: pd.DataFrame, title: str | None = None, reference: Referenc
         if seeded.any():  # ±1 std over replicate seeds
             ax.errorbar(x[seeded], y[seeded], yerr=err[seeded], fmt="none", ecolor=colors[fam], alpha=0.7, capsize=3,
                         zorder=1)
-        ax.scatter(x[~opt], y[~opt], s=MARKER_SIZE, c=colors[fam], alpha=DOMINATED_ALPHA, edgecolors="none",
-                   label=f"{fam} ({len(g)} config{'s' if len(g) != 1 else ''})", zorder=2)
-        ax.scatter(x[opt], y[opt], s=MARKER_SIZE * 1.8, c=colors[fam], edgecolors=COLORS["front"], linewidths=1.4,
-                   zorder=4, label=None if (~opt).any() else f"{fam} ({len(g)} config{'s' if len(g) != 1 else ''})")
+        # One legend entry per family: on its first non-empty scatter (an empty one would still be listed).
+        label = f"{fam} ({_plural(len(g), 'config')})"
+        if (~opt).any():
+            ax.scatter(x[~opt], y[~opt], s=MARKER_SIZE, c=colors[fam], alpha=DOMINATED_ALPHA, edgecolors="none",
+                       label=label, zorder=2)
+        if opt.any():
+            ax.scatter(x[opt], y[opt], s=MARKER_SIZE * 1.8, c=colors[fam], edgecolors=COLORS["front"],
+                       linewidths=1.4, zorder=4, label=None if (~opt).any() else label)
     if optimal.any():
         front = groups[optimal].sort_values("fraction")
         # steps-post: between two front points the best score reachable at that budget is the left one's.
@@ -114,6 +141,7 @@ def front_figure(df: pd.DataFrame, title: str | None = None, reference: Referenc
     ax.axhline(ref.score, color=COLORS["reference"], ls="--", lw=1.0, label=_reference_label(ref), zorder=0)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(_percent))
+    ax.xaxis.set_minor_formatter(PercentLogFormatter())  # within one decade matplotlib labels minor ticks too
     ax.set_xlabel(X_LABEL)
     ax.set_ylabel(y_label(df))
     if not len(groups) and not df["score"].notna().any():
@@ -182,12 +210,12 @@ def _partial_and_failed(ax: Axes, df: pd.DataFrame, colors: Mapping[str, str]) -
     if part.any():
         edge = [colors.get(str(f), COLORS["failed"]) for f in df["family"].fillna("unknown")[part]]
         ax.scatter(x[part], y[part], s=MARKER_SIZE, facecolors="none", edgecolors=edge, linewidths=1.2,
-                   label=f"early-stopped / partial fidelity ({int(part.sum())} runs)", zorder=2)
+                   label=f"early-stopped / partial fidelity ({_plural(int(part.sum()), 'run')})", zorder=2)
     failed = (cat == "failed").to_numpy()
     known = failed & np.isfinite(x)
     if known.any():  # failed trials have no score: on the bottom edge, at their fraction
         ax.scatter(x[known], np.full(known.sum(), 0.02), transform=ax.get_xaxis_transform(), marker="x",
-                   c=COLORS["failed"], s=MARKER_SIZE, label=f"failed, no score ({int(failed.sum())} runs)",
+                   c=COLORS["failed"], s=MARKER_SIZE, label=f"failed, no score ({_plural(int(failed.sum()), 'run')})",
                    clip_on=False)
     unknown = int((failed & ~np.isfinite(x)).sum())
     if unknown:

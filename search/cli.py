@@ -40,9 +40,8 @@ def epilog() -> str:
     task, both derived from the code that reads them (trainables.runconfig, trainables.tasks)."""
     sets = "\n".join(f"  {line}" for line in settings_help())
     data = "\n".join(f"  {name}: {data_help(get_task(name))}" for name in task_names() if not get_task(name).generated)
-    return ("--set KEY=VALUE (also a space's train: key); default = the task's recipe, or the setting's own:\n"
-            f"{sets}\n\n"
-            f"--data-dir DIR must hold, per task (the first existing name wins):\n{data}\n"
+    return (f"--set KEY=VALUE (also a space's train: key); default = the task's recipe, or the setting's own:"
+            f"\n{sets}\n\n--data-dir DIR must hold, per task (the first existing name wins):\n{data}\n"
             "Without --data-dir a task reads its Hugging Face dataset (the cache, or the hub unless "
             "HF_HUB_OFFLINE=1).")
 

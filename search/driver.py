@@ -137,7 +137,7 @@ def run_and_judge(p: SearchPlan, args: argparse.Namespace, client: Any, parent_i
                 raise  # a defect, not the cluster: the traceback says where (exit 1)
     watch.set()
     lost = not gcs_alive(gcs)
-    o = (tally(result, result.num_terminated, result.num_errors, p.num_samples, p.max_steps) if result is not None
+    o = (tally(result, p.num_samples, p.max_steps) if result is not None
          else Outcome(p.num_samples, not_started=p.num_samples))
     queued = (search_dir / "tracking_outbox.json").exists()  # the callback said so; --resume sends them
     state = o.state(interrupted=signals.received is not None, cluster_lost=lost, queued=queued)

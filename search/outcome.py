@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from search import contract as C
+
 # ---- the exit codes: one table, printed in --help and docs/cluster.md --------------------------------------------
 COMPLETE, BAD_INPUT, NO_TRIAL_FINISHED, INCOMPLETE, CLUSTER_LOST, TRACKING_QUEUED, INTERRUPTED = (
     0, 2, 3, 4, 5, 6, 130)
@@ -46,43 +48,50 @@ def exit_code_table() -> str:
 
 @dataclass
 class Outcome:
-    """What a finished `tuner.fit()` left: trial counts by final state and how many never reached one."""
+    """What a finished `tuner.fit()` left: trial counts by state and how many requested trials Ray never created.
+
+    `counts` holds the final states (finished, stopped = early-stopped by the scheduler, failed, skipped) and
+    `interrupted`: trials Ray created that did not end (a stop signal, a lost head); `--resume` continues each from
+    its last evaluation, and their MLflow runs are closed as `interrupted` (KILLED), never as stopped or failed.
+    """
 
     requested: int
-    counts: dict[str, int] = field(default_factory=dict)  # finished, stopped, failed, skipped
-    unfinished: int = 0  # created but not in a final state (paused by a signal, pending, running when the head died)
+    counts: dict[str, int] = field(default_factory=dict)  # finished, stopped, failed, skipped, interrupted
     not_started: int = 0  # requested trials Ray never created
 
     @property
     def ended(self) -> int:
-        return sum(self.counts.values())
+        """Trials in a final state (interrupted ones are not)."""
+        return sum(v for k, v in self.counts.items() if k != C.INTERRUPTED)
+
+    @property
+    def interrupted(self) -> int:
+        return self.counts.get(C.INTERRUPTED, 0)
 
     def state(self, interrupted: bool, cluster_lost: bool, queued: bool) -> str:
-        # After a stop signal Ray reports the trials it paused as terminated, so a "stopped" one may be paused: the
-        # search counts as interrupted unless every trial ended unambiguously (finished, failed, skipped).
-        if interrupted and (self.unfinished or self.not_started or self.counts.get("stopped")):
-            return "interrupted"
-        if self.unfinished or self.not_started:
+        if self.interrupted or self.not_started:
             return "interrupted" if interrupted else "cluster_lost" if cluster_lost else "incomplete"
         if queued:
             return "tracking_queued"
         return "complete" if self.counts.get("finished", 0) else "no_trial_finished"
 
 
-def tally(results: Iterable[Any], num_terminated: int, num_errors: int, requested: int, max_steps: int) -> Outcome:
-    """An `Outcome` from a Ray Tune ResultGrid's public parts: its results (metrics, error) and its counts of
-    terminated and errored trials (the rest are unfinished)."""
-    # deferred on purpose: search.outcome is read by --help (exit codes); the searcher loads Ray and Optuna
-    from search.searcher import outcome
+def tally(results: Iterable[Any], requested: int, max_steps: int) -> Outcome:
+    """An `Outcome` from the public parts of a Ray Tune ResultGrid's results: `metrics` (the last result) and `error`.
+
+    A trial ended when it errored or when its last result carries Ray's `done` flag, which Ray sets when the trial's
+    function returns and when the scheduler stops it. A trial a stop signal (Ctrl-C, SIGTERM, a preemption) caught
+    mid-training has neither, although Ray reports it TERMINATED after its cleanup: it is interrupted, not stopped.
+    """
+    from search.searcher import outcome  # deferred on purpose: it imports Ray; --help reads this module
 
     results = list(results)
-    counts = {"finished": 0, "stopped": 0, "failed": 0, "skipped": 0}
+    counts = {"finished": 0, "stopped": 0, "failed": 0, "skipped": 0, C.INTERRUPTED: 0}
     for r in results:
-        counts[outcome(r.metrics, max_steps, error=r.error is not None)] += 1
-    unfinished = len(results) - num_terminated - num_errors
-    # An unfinished trial's last report reads "stopped" (below max_steps); it has no final state yet.
-    counts["stopped"] = max(0, counts["stopped"] - unfinished)
-    return Outcome(requested, counts, unfinished, max(0, requested - len(results)))
+        metrics = r.metrics or {}
+        ended = r.error is not None or bool(metrics.get("done"))
+        counts[outcome(metrics, max_steps, error=r.error is not None) if ended else C.INTERRUPTED] += 1
+    return Outcome(requested, counts, max(0, requested - len(results)))
 
 
 def write_status(folder: Path, state: str, /, **extra: Any) -> dict[str, Any]:
@@ -138,7 +147,10 @@ class StopSignals:
 def describe(o: Outcome, state: str, extra: Mapping[str, Any]) -> str:
     """One line for the end of the log."""
     code, _, meaning = STATES[state]
-    counts = ", ".join(f"{v} {k}" for k, v in o.counts.items() if v) or "no trial ended"
-    left = f"; {o.unfinished} unfinished, {o.not_started} not started" if o.unfinished or o.not_started else ""
+    counts = ", ".join(f"{v} {k}" for k, v in o.counts.items() if v and k != C.INTERRUPTED) or "none"
+    left = [f"{o.interrupted} interrupted (resumable: --resume continues {'it' if o.interrupted == 1 else 'each'} "
+            "from its last evaluation)"] if o.interrupted else []
+    left += [f"{o.not_started} not started"] if o.not_started else []
     hint = f" ({extra['hint']})" if extra.get("hint") else ""
-    return f"search {state} (exit {code}): {o.ended} of {o.requested} trials ended ({counts}){left}; {meaning}{hint}"
+    return (f"search {state} (exit {code}): {o.ended} of {o.requested} trials ended ({counts})"
+            f"{'; ' + ', '.join(left) if left else ''}; {meaning}{hint}")

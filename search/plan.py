@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.contract import task_reference as reference
+from search import contract as C
 from search.hub import check_available
 from search.names import SearchError, default_name, search_name, storage_folder
 from search.preflight import check_data_dir, check_flags, check_local_resources, check_model_fits, model_phrase
@@ -212,7 +212,7 @@ def task_reference(task: Task, train: Any) -> Any:
                                                              limit=train.eval_cap, seed=train.seed)]
         except (OSError, ValueError):  # unreadable data fails the trials with its own message; chance will do here
             labels = None
-    return reference(task.name, labels)
+    return C.task_reference(task.name, labels)
 
 
 def _schedule(args: argparse.Namespace, run: RunConfig) -> Schedule:

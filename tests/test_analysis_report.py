@@ -133,6 +133,20 @@ def test_error_unreachable_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["--experiment", EXPERIMENT, "--tracking-uri", uri, "--out", "/nonexistent-never-written"]) == 2
 
 
+def test_a_report_from_the_wrong_folder_names_the_missing_store_and_creates_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`petl-report` run outside the search's folder: before, MLflow created an empty mlflow.db there and the report
+    answered "Unknown experiment ... Existing experiments: 'Default'"."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["--experiment", EXPERIMENT, "--out", str(tmp_path / "report")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: No MLflow store at 'sqlite:///{tmp_path / 'mlflow.db'}' (no such file). A search writes "
+        "sqlite:///mlflow.db in the folder it ran from unless given --tracking-uri: run from that folder, or pass "
+        "the search's --tracking-uri.\n")
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "report").exists()
+
+
 def _check_png(path: Path) -> None:
     img = matplotlib.image.imread(path)
     h, w = img.shape[:2]

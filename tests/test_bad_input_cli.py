@@ -115,7 +115,8 @@ def test_a_seq2seq_task_with_the_default_encoder_space_names_the_fix(run: Any, d
 
 
 def test_resume_of_a_search_that_never_ran_creates_nothing(run: Any, tmp_path: Path) -> None:
-    assert run("--resume", "--name", "never-ran").startswith("error: --resume: no interrupted search named 'never-ran'")
+    out = run("--resume", "--name", "never-ran")
+    assert out.startswith("error: --resume: no interrupted search named 'never-ran'")
     assert not (tmp_path / "runs" / "never-ran").exists()
 
 
@@ -150,24 +151,65 @@ def empty_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache / "hub"
 
 
-@pytest.mark.parametrize(("args", "model"), [
-    (["--space", "full", "--dataset", "en-ro"], "facebook/mbart-large-cc25"),
-    (["--space", "paper", "--dataset", "xsum"], "facebook/bart-large"),
-    (["--space", "full", "--dataset", "sst2"], "roberta-base"),
-])
-def test_offline_the_real_hub_model_is_refused_in_seconds(run: Any, empty_hf_cache: Path, args: list[str],
-                                                          model: str) -> None:
-    assert run(*args) == (
-        f"error: model '{model}' is not in the Hugging Face cache of this machine (missing ['config.json', 'weights', "
-        "'tokenizer']) and HF_HUB_OFFLINE is set, so it cannot be downloaded; download it where the hub is reachable "
-        "(huggingface-cli download) into a shared HF_HOME, or pass --model DIR with a saved copy")
+def test_offline_a_missing_model_and_missing_data_are_named_in_one_line(run: Any, empty_hf_cache: Path) -> None:
+    """The headline command offline: the model AND the data are checked before failing, so one run names both
+    fixes (before: only --model DIR; the user learned of --data-dir after fixing the model)."""
+    from trainables.tasks import data_help, get_task
+
+    assert run("--space", "full", "--dataset", "en-ro") == (
+        "error: model 'facebook/mbart-large-cc25' is not in the Hugging Face cache of this machine (missing "
+        "['config.json', 'weights', 'tokenizer']), and dataset 'wmt16/ro-en' (task 'en-ro') is not in the Hugging "
+        "Face cache of this machine, and HF_HUB_OFFLINE is set, so neither can be downloaded; pass --model DIR with a "
+        "saved copy (save_pretrained, its tokenizer included) and --data-dir DIR with the task's files, or download "
+        "them where the hub is reachable (huggingface-cli download) into a shared HF_HOME; --data-dir DIR for task "
+        "'en-ro' holds train.jsonl (or train_sample.jsonl, train.tsv) and validation.jsonl (or dev.jsonl, "
+        "validation.tsv): .jsonl one JSON object per line, .tsv a header row then tab-separated rows, UTF-8; columns "
+        "en, ro, or rows {'translation': {...}}")
+    for args, model, task in ((["--space", "paper", "--dataset", "xsum"], "facebook/bart-large", "xsum"),
+                              (["--space", "full", "--dataset", "sst2"], "roberta-base", "sst2")):
+        out = run(*args)
+        assert out.startswith(f"error: model '{model}' is not in the Hugging Face cache"), out
+        assert "neither can be downloaded; pass --model DIR" in out and "and --data-dir DIR" in out
+        assert out.endswith(f"; --data-dir DIR for task '{task}' holds {data_help(get_task(task))}")
+        assert "\n" not in out
+
+
+def test_a_hub_that_does_not_answer_names_both_flags_and_hf_hub_offline() -> None:
+    """Online but the hub unreachable (a cluster without outbound network, HF_HUB_OFFLINE not set): both things in
+    one line, with HF_HUB_OFFLINE as the way to stop asking."""
+    from search.hub import Missing, one_line
+    from trainables.tasks import data_help, get_task
+
+    task = get_task("xsum")
+    line = one_line([Missing("model 'facebook/bart-large' is not cached on this machine and the Hugging Face hub did "
+                             "not answer (ConnectError)", "pass --model DIR with a local copy", hub_silent=True),
+                     Missing("dataset 'EdinburghNLP/xsum' is not cached on this machine and the Hugging Face hub did "
+                             "not answer (ConnectError)", "pass --data-dir DIR with a local copy", hub_silent=True)],
+                    task)
+    assert line == (
+        "model 'facebook/bart-large' is not cached on this machine and the Hugging Face hub did not answer "
+        "(ConnectError), and dataset 'EdinburghNLP/xsum' is not cached on this machine and the Hugging Face hub did "
+        "not answer (ConnectError); pass --model DIR with a local copy and --data-dir DIR with a local copy, or set "
+        f"HF_HUB_OFFLINE=1 with a pre-filled HF_HOME cache; --data-dir DIR for task 'xsum' holds {data_help(task)}")
+
+
+def test_offline_a_missing_model_alone_names_model_dir(run: Any, empty_hf_cache: Path, tmp_path: Path) -> None:
+    assert run("--space", "full", "--dataset", "sst2", "--data-dir", data_dir(tmp_path, GOOD_TSV), "--set",
+               "batch_size=2") == (
+        "error: model 'roberta-base' is not in the Hugging Face cache of this machine (missing ['config.json', "
+        "'weights', 'tokenizer']) and HF_HUB_OFFLINE is set, so it cannot be downloaded; pass --model DIR with a "
+        "saved copy (save_pretrained, its tokenizer included), or download it where the hub is reachable "
+        "(huggingface-cli download) into a shared HF_HOME")
 
 
 def test_offline_a_hub_dataset_without_a_cached_copy_names_data_dir(run: Any, empty_hf_cache: Path) -> None:
+    from trainables.tasks import data_help, get_task
+
     assert run("--dataset", "sst2") == (
         "error: dataset 'glue/sst2' (task 'sst2') is not in the Hugging Face cache of this machine and HF_HUB_OFFLINE "
-        "is set, so it cannot be downloaded; pass --data-dir DIR with the task's files (petl-search --help lists "
-        "them), or load it once where the hub is reachable into a shared HF_HOME")
+        "is set, so it cannot be downloaded; pass --data-dir DIR with the task's files, or download it where the hub "
+        "is reachable (huggingface-cli download) into a shared HF_HOME; --data-dir DIR for task 'sst2' holds "
+        + data_help(get_task("sst2")))
 
 
 def test_a_cached_model_and_dataset_pass_the_check(empty_hf_cache: Path, tmp_path: Path) -> None:

@@ -140,6 +140,12 @@ def test_sigint_stops_with_130_an_interrupted_parent_and_resume_loses_no_evaluat
     assert parent.info.status == "KILLED" and parent.data.tags["petl.search_state"] == "interrupted"
     status = json.loads((tmp_path / "runs" / "sigint" / "status.json").read_text())
     assert (status["state"], status["exit_code"], status["signal"]) == ("interrupted", 130, "SIGINT")
+    # Both trials were caught mid-training: interrupted (resumable), not "stopped" (early-stopped), in status.json,
+    # in the last line and in MLflow alike (before: 2 stopped in status.json, 2 interrupted in MLflow)
+    assert status["counts"] == {"finished": 0, "stopped": 0, "failed": 0, "skipped": 0, "interrupted": 2}, out[-3000:]
+    assert "0 of 2 trials ended (none); 2 interrupted (resumable" in out
+    assert sorted((r.data.tags["petl.status"], r.info.status) for r in children(client, parent_id)) == [
+        ("interrupted", "KILLED")] * 2
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-2000:]
     assert client.get_run(parent_id).info.status == "FINISHED"

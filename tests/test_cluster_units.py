@@ -207,31 +207,54 @@ def test_the_exit_code_table_is_one_table_in_help_and_docs() -> None:
         assert f"| {code} | `{name}` |" in docs, line
 
 
-def grid(*results, terminated, errors):
-    return [SimpleNamespace(metrics=m, error=e) for m, e in results], terminated, errors
+def grid(*results):
+    return [SimpleNamespace(metrics=m, error=e) for m, e in results]
+
+
+# The last results Ray hands back (Result.metrics): `done` is Ray's flag, set when the trial's function returned or
+# the scheduler stopped it; a trial a stop signal caught mid-training has no `done` (Ray still reports it TERMINATED).
+DONE = ({"step": 10, "score": 0.8, "done": True}, None)
+EARLY_STOPPED = ({"step": 5, "score": 0.4, "done": True}, None)
+FAILED = ({"failed": 1, "step": 3, "done": True}, None)
+CRASHED = ({"step": 5, "score": 0.1}, RuntimeError("x"))
+CAUGHT_BY_A_SIGNAL = ({"step": 5, "score": 0.5}, None)
+NEVER_REPORTED = ({}, None)
 
 
 def test_the_state_of_a_search_from_its_trials() -> None:
-    done = ({"step": 10, "score": 0.8}, None)
-    failed = ({"failed": 1, "step": 3}, None)
-    crashed = ({"step": 5, "score": 0.1}, RuntimeError("x"))
-    paused = ({"step": 5, "score": 0.5}, None)
-    o = O.tally(*grid(done, failed, crashed, terminated=2, errors=1), requested=3, max_steps=10)
-    assert (o.counts, o.unfinished, o.not_started) == ({"finished": 1, "stopped": 0, "failed": 2, "skipped": 0}, 0,
-                                                       0)
+    o = O.tally(grid(DONE, FAILED, CRASHED, EARLY_STOPPED), requested=4, max_steps=10)
+    assert (o.counts, o.not_started, o.ended) == (
+        {"finished": 1, "stopped": 1, "failed": 2, "skipped": 0, "interrupted": 0}, 0, 4)
     assert o.state(interrupted=False, cluster_lost=False, queued=False) == "complete"
     assert o.state(interrupted=False, cluster_lost=False, queued=True) == "tracking_queued"
-    o = O.tally(*grid(failed, crashed, terminated=1, errors=1), requested=2, max_steps=10)
+    assert o.state(interrupted=True, cluster_lost=False, queued=False) == "complete"  # a signal after the end
+    o = O.tally(grid(FAILED, CRASHED), requested=2, max_steps=10)
     assert o.state(False, False, False) == "no_trial_finished"
-    o = O.tally(*grid(done, paused, terminated=1, errors=0), requested=4, max_steps=10)
-    assert (o.counts["stopped"], o.unfinished, o.not_started) == (0, 1, 2)  # a paused trial is not "stopped"
+    o = O.tally(grid(DONE, CAUGHT_BY_A_SIGNAL), requested=4, max_steps=10)
+    assert (o.counts["stopped"], o.interrupted, o.not_started) == (0, 1, 2)
     assert o.state(interrupted=True, cluster_lost=True, queued=True) == "interrupted"
     assert o.state(interrupted=False, cluster_lost=True, queued=False) == "cluster_lost"
     assert o.state(interrupted=False, cluster_lost=False, queued=False) == "incomplete"
-    o = O.tally(*grid(done, paused, terminated=2, errors=0), requested=2, max_steps=10)  # Ray after a signal
-    assert o.state(interrupted=True, cluster_lost=False, queued=False) == "interrupted"
-    o = O.tally(*grid(done, failed, terminated=2, errors=0), requested=2, max_steps=10)  # a signal after the end
-    assert o.state(interrupted=True, cluster_lost=False, queued=False) == "complete"
+
+
+def test_a_trial_caught_by_ctrl_c_is_interrupted_not_early_stopped(tmp_path: Path) -> None:
+    """Ctrl-C (or a preemption's SIGTERM) during two trials, after one was early-stopped and one finished: before,
+    status.json and the last line counted the two caught trials as "stopped" (early-stopped by the scheduler)."""
+    o = O.tally(grid(DONE, EARLY_STOPPED, CAUGHT_BY_A_SIGNAL, NEVER_REPORTED), requested=4, max_steps=10)
+    assert o.counts == {"finished": 1, "stopped": 1, "failed": 0, "skipped": 0, "interrupted": 2}
+    assert (o.ended, o.interrupted, o.state(interrupted=True, cluster_lost=False, queued=False)) == (
+        2, 2, "interrupted")
+    extra = {"hint": "SIGINT; rerun the same command with --resume"}
+    assert O.describe(o, "interrupted", extra) == (
+        "search interrupted (exit 130): 2 of 4 trials ended (1 finished, 1 stopped); 2 interrupted (resumable: "
+        "--resume continues each from its last evaluation); stopped by SIGINT or SIGTERM; --resume continues it "
+        "(SIGINT; rerun the same command with --resume)")
+    data = O.write_status(tmp_path, "interrupted", **O.outcome_fields(o))
+    assert json.loads((tmp_path / "status.json").read_text())["counts"] == data["counts"] == o.counts
+    # the trial's MLflow status agrees: a trial in this state is closed as interrupted, KILLED (not FINISHED)
+    from search.contract import INTERRUPTED, MLFLOW_STATUS, STOPPED
+
+    assert (MLFLOW_STATUS[INTERRUPTED], MLFLOW_STATUS[STOPPED]) == ("KILLED", "FINISHED")
 
 
 def test_status_json_is_written_whole(tmp_path: Path) -> None:

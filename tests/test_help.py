@@ -32,8 +32,8 @@ def test_set_keys_are_listed_with_their_defaults_from_the_run_configuration() ->
     text = build_parser().format_help()
     for key in setting_kinds():
         assert f"\n  {key} (" in text, key
-    assert "\n  lr (float): by task: en-ro 5e-05, xsum 5e-05, mnli 0.0001, sst2 0.0001, toy-cls 0.001, " \
-        "toy-s2s 0.003; must be > 0\n" in text
+    assert ("\n  lr (float): by task: en-ro 5e-05, xsum 5e-05, mnli 0.0001, sst2 0.0001, toy-cls 0.001, "
+            "toy-s2s 0.003; must be > 0\n") in text
     assert "\n  schedule (str): polynomial; must be one of ['polynomial', 'linear', 'cosine', 'constant']\n" in text
     assert "\n  epochs (float): by task: en-ro -, xsum -, mnli 10, sst2 10, toy-cls -, toy-s2s -\n" in text
 
@@ -44,9 +44,8 @@ def test_data_dir_contents_per_task_come_from_the_task() -> None:
         if not get_task(name).generated:
             assert f"\n  {name}: {data_help(get_task(name))}\n" in text
     assert data_help(get_task("sst2")) == (
-        "train.tsv (or train.jsonl) and dev.tsv (or validation.jsonl, validation.tsv): "
-        ".jsonl one JSON object per line, "
-        ".tsv a header row then tab-separated rows, UTF-8; columns sentence, label; label is an id or a name: "
+        "train.tsv (or train.jsonl) and dev.tsv (or validation.jsonl, validation.tsv): .jsonl one JSON object per "
+        "line, .tsv a header row then tab-separated rows, UTF-8; columns sentence, label; label is an id or a name: "
         "0=negative, 1=positive")
     assert data_help(get_task("en-ro")).endswith("columns en, ro, or rows {'translation': {...}}")
 
@@ -57,13 +56,51 @@ def test_the_description_names_minilm_and_storage_promises_no_uri() -> None:
     assert "folder or URI" not in text and "other URIs such as s3:// are refused" in text
 
 
-@pytest.mark.parametrize("module", ["search.cli", "trainables.count", "trainables.trial", "search.reevaluate"])
-def test_help_imports_no_torch(module: str) -> None:
-    """What made `--help` take seconds: torch and transformers imported before the arguments were parsed."""
-    code = (f"import sys; from {module} import build_parser; build_parser().format_help(); "
-            "print(sorted(m for m in ('torch', 'transformers', 'ray', 'mlflow', 'pandas') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+HEAVY = ("torch", "transformers", "ray", "mlflow", "pandas", "matplotlib", "optuna", "plotly")
+
+
+def loaded_after(code: str) -> list[str]:
+    """The heavy packages a fresh interpreter has imported after running `code`."""
+    probe = f"{code}; import sys; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().replace("'", '"'))
+
+
+@pytest.mark.parametrize("module", ["search.cli", "trainables.count", "trainables.trial", "search.reevaluate",
+                                    "analysis.report"])
+def test_help_imports_nothing_heavy(module: str) -> None:
+    """What made `--help` take seconds: torch and transformers, or pandas, MLflow, Optuna and matplotlib (the
+    report's), imported before the arguments were parsed."""
+    assert loaded_after(f"from {module} import build_parser; build_parser().format_help()") == []
+
+
+def test_help_of_the_report_command_runs_without_its_heavy_imports() -> None:
+    """`python -m analysis.report --help` as a user runs it: the help, and none of pandas/MLflow/Optuna/matplotlib."""
+    code = ("import runpy, sys; sys.argv = ['analysis.report', '--help']\n"
+            "try:\n    runpy.run_module('analysis.report', run_name='__main__')\nexcept SystemExit:\n    pass")
+    out = subprocess.run([sys.executable, "-c", f"{code}\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "usage: python -m analysis.report" in out and out.strip().splitlines()[-1] == "[]"
+
+
+def test_the_pareto_code_is_pure_numpy() -> None:
+    """`analysis.pareto` (the scheduler's hypervolume) imports no plotting, tracking or table library (issue 15.4)."""
+    assert loaded_after("import analysis.pareto") == []
+    assert loaded_after("from analysis import hypervolume, pareto_mask") == []
+
+
+def test_the_report_functions_are_still_importable_from_the_command_module() -> None:
+    """The search, the tests and the benchmarks import the report's functions from `analysis.report`."""
+    import analysis
+    import analysis.publish
+    import analysis.report
+    from analysis.report import update_search_report, write_report
+
+    assert (write_report, update_search_report) == (analysis.publish.write_report,
+                                                     analysis.publish.update_search_report)
+    assert analysis.write_report is write_report
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        analysis.report.nothing  # noqa: B018 - the attribute access is the test
 
 
 def test_count_takes_the_minilm_alias_and_the_dataset_flag(capsys: pytest.CaptureFixture[str]) -> None:

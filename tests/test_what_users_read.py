@@ -101,6 +101,35 @@ def test_the_plot_names_the_metric_shows_percent_and_keeps_preset_labels_apart_a
         assert _bbox_overlap(a, b) == 0
 
 
+def _drawn_tick_labels(fig: object) -> list[str]:
+    fig.canvas.draw()  # tick labels are made at draw time
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    return [t.get_text() for t in ax.get_xticklabels(which="both") if t.get_text() and lo <= t.get_position()[0] <= hi]
+
+
+@pytest.mark.parametrize("fractions, expected", [
+    # within one decade matplotlib labels the minor ticks: before, they read 2x10^-3 ... beside percent labels
+    ((0.0020, 0.0045, 0.0030, 0.0060), ["0.2%", "0.3%", "0.4%", "0.6%"]),
+    # over several decades only the decades are labelled
+    ((0.00005, 0.002, 0.03, 0.6), ["0.01%", "0.1%", "1%", "10%"]),
+])
+def test_every_tick_label_of_the_front_is_in_percent_and_each_family_is_listed_once(
+        fractions: tuple[float, ...], expected: list[str]) -> None:
+    # LoRA and scaled PA are each a family with Pareto-optimal points only (before: listed twice, once for an empty
+    # scatter of its dominated points); PA has a dominated design and an early-stopped run.
+    trials = [_trial("lora_attn", 0.80, fractions[0]), _trial("scaled_pa", 0.82, fractions[1]),
+              _trial(None, 0.78, fractions[2]), _trial(None, 0.75, fractions[3], C.STOPPED)]
+    fig = front_figure(runs_to_frame(runs_of(records_of(trials))))
+    labels = _drawn_tick_labels(fig)
+    assert labels == expected
+    assert all(t.endswith("%") for t in labels)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend[:3] == ["LoRA (1 config)", "scaled PA (1 config)", "PA (1 config)"]
+    assert len(legend) == len(set(legend))
+    assert "early-stopped / partial fidelity (1 run)" in legend
+
+
 def test_front_html_is_not_fixed_at_1000_px_and_shows_percent(tmp_path: Path) -> None:
     df = runs_to_frame(runs_of(records_of([_trial("lora_attn", 0.8, 0.005), _trial(None, 0.7, 0.001)])))
     html = front_figure_html(df, tmp_path / "front.html").read_text()
