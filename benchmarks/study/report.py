@@ -204,13 +204,14 @@ def build(argv: list[str], plan: TierPlan, study: Study, table: Path, pilot: lis
     done = current(plan, study, rows)
     results = design_results(plan, study, done)
     complete = sum(r.complete and bool(r.scores) for r in results.values())
-    F.front_png(results, figure, f"SST-2 dev accuracy vs stored parameters: tier {plan.name}, {len(done)} runs, "
-                                 f"{complete} of {len(results)} designs complete")
+    final_rows = sorted({int(r["final"]["rows"]) for r in done.values() if r.get("final")})
+    F.front_png(results, figure, f"{plan.task} final accuracy vs stored parameters: tier {plan.name}, {len(done)} "
+                                 f"runs, {complete} of {len(results)} designs complete")
     lines = header(argv, table, plan, rows, done)
     lines += ["## The four conclusions", "",
               "Each conclusion as matched pairs of designs at matched stored-parameter budgets; the paper's winner "
-              "is `a`. Differences in accuracy points on the SST-2 dev set (872 sentences); how to read them at the "
-              "end.", ""]
+              f"is `a`. Differences in accuracy points on the {plan.task} final split ("
+              f"{'/'.join(map(str, final_rows)) or '-'} examples); how to read them at the end.", ""]
     for key in CONCLUSION_ORDER:
         if key in study.conclusions:
             lines += conclusion_section(key, study, plan, results)
