@@ -189,3 +189,14 @@ def test_mnli_gpu_script_passes_only_flags_the_runner_has():
     assert used and used <= known, sorted(used - known)
     assert base[:3] == ["$PY", "-m", "benchmarks.study.run_study"] and base[11:] == ["--nice", "0"]
     assert "--tier" in base and base[base.index("--tier") + 1] == "mnli" and "mnli" in load_tiers()
+
+
+def test_rows_of_two_model_versions_are_flagged(tmp_path, monkeypatch):
+    rows = synthetic_rows()
+    rows[0]["model_sha"] = "6" * 64
+    monkeypatch.chdir(tmp_path)
+    Path("rows.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    assert report.main(["--tier", "sst2", "--table", "rows.jsonl", "--out", "study.md"]) == 0
+    text = Path("study.md").read_text()
+    assert "Warning: the rows come from 2 model weights; the runs are not comparable as they stand." in text
+    assert "model weights sha256 555555555555, 666666666666" in text

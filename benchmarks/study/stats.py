@@ -46,6 +46,11 @@ class Interval:
         return (self.high - self.low) / 2
 
 
+def t_quantile(n: int, level: float = LEVEL) -> float:
+    """Student's t quantile for a two-sided `level` interval of a mean of n >= 2 values."""
+    return float(sps.t.ppf((1 + level) / 2, n - 1))
+
+
 def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
     """mean +- t_{(1+level)/2, n-1} * sd / sqrt(n) of `values` (any unit); needs at least one value."""
     if not values:
@@ -54,7 +59,7 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
     if n < 2:
         return Interval(mean, mean, mean, n, 0.0)
     sd = statistics.stdev(values)
-    half = float(sps.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
+    half = t_quantile(n, level) * sd / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, sd)
 
 
