@@ -102,8 +102,8 @@ def _verdicts(text: str) -> dict[str, str]:
     out = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 8 and " vs " in cells[0]:
-            out.setdefault(cells[0], cells[-1])  # a pair serving two conclusions appears twice
+        if len(cells) == 8 and " vs " in cells[0] and cells[0] != "pair (a vs b)":
+            out[cells[0]] = cells[-1]
     return out
 
 
@@ -200,3 +200,13 @@ def test_rows_of_two_model_versions_are_flagged(tmp_path, monkeypatch):
     text = Path("study.md").read_text()
     assert "Warning: the rows come from 2 model weights; the runs are not comparable as they stand." in text
     assert "model weights sha256 555555555555, 666666666666" in text
+
+
+def test_an_empty_table_reports_every_pair_pending(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("rows.jsonl").write_text("")
+    assert report.main(["--tier", "sst2", "--table", "rows.jsonl", "--out", "study.md"]) == 0
+    text = Path("study.md").read_text()
+    v = _verdicts(text)
+    assert len(v) == 10 and set(v.values()) == {"pending (0 of 6 runs)"}  # (a) 3, (b) 3, (c) 1, (c as run) 1, (d) 2
+    assert "No design has a score yet." in text and "the tier needs 52 runs, 52 still to make." in text

@@ -110,7 +110,10 @@ def front_png(results: dict[str, DesignResult], path: Path, title: str) -> Path:
     ax.set_ylabel("final accuracy, mean over seeds with its 95% t-interval")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(loc="lower right", fontsize=8)
+    if pts:
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no finished runs yet", transform=ax.transAxes, ha="center", va="center", fontsize=14)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, metadata={"Software": None})
