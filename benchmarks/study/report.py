@@ -248,7 +248,7 @@ def build(argv: list[str], plan: TierPlan, study: Study, table: Path, pilot: lis
 def log_mlflow(uri: str, experiment: str, plan: TierPlan, results: dict[str, DesignResult], files: list[Path]) -> str:
     """One parent run for the report (its markdown and figure as artifacts, hypervolumes as metrics) and one child
     run per scored design (mean, CI, seeds); returns the parent's run id."""
-    from search.tracking import check_tracking, search_experiment
+    from search.store import check_tracking, search_experiment
 
     client = check_tracking(uri)
     exp_id = search_experiment(client, experiment)
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.tracking_uri:  # before any work: an unusable store is one line, not a traceback after the report
-            from search.tracking import check_tracking
+            from search.store import check_tracking
 
             check_tracking(args.tracking_uri)
         study = load_study()
