@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 ENV = "PETL_SPANS"
 NAMES = {  # what each emitted name times; a benchmark relies on these, so a rename is a change of contract
     "search.plan": "resolve and check the space, task, run configuration and model config (search.plan)",
-    "search.check_tracking": "reach the MLflow store (search.tracking.check_tracking)",
+    "search.check_tracking": "reach the MLflow store (search.store.check_tracking)",
     "search.ray_start": "start or join Ray (search.tuner)",
     "search.open": "create (or find) the MLflow parent run and the callback (search.driver.open_search)",
     "search.fit": "Ray Tune's whole fit: every trial (search.tuner.fit)",
