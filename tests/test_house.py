@@ -10,16 +10,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("trainables", "search", "analysis", "benchmarks")
 MAX_LINES = 60
-# Functions of benchmarks/ over the limit on this branch: the benchmark work of issue 15 (item 5) splits them; the
-# merge of that branch empties this list. Nothing in trainables/, search/ or analysis/ may be added here.
-ALLOWED_LONG = {
-    "benchmarks/bench_orchestration.py::make_trainable",
-    "benchmarks/bench_orchestration.py::run_scenario",
-    "benchmarks/bench_petl.py::main",
-    "benchmarks/bench_search.py::analyse",
-    "benchmarks/gpu_check.py::main",
-    "benchmarks/replay_search.py::simulate",
-}
 
 
 def modules() -> list[Path]:
@@ -46,7 +36,4 @@ def test_no_two_modules_share_a_file_name() -> None:
 
 
 def test_no_function_is_longer_than_60_lines() -> None:
-    found = long_functions()
-    assert {k: v for k, v in found.items() if k not in ALLOWED_LONG} == {}
-    assert not any(k.split("/")[0] != "benchmarks" for k in ALLOWED_LONG)
-    assert sorted(ALLOWED_LONG - set(found)) == []  # a split function leaves the allow-list with its split
+    assert long_functions() == {}
