@@ -70,7 +70,8 @@ def conclusion_section(key: str, study: Study, plan: TierPlan, results: dict[str
         words.append(word)
     out = [f"### ({key}) {c['claim']}", "", f"Paper: {c['paper']}", ""]
     if rows:
-        tally = ", ".join(f"{w}: {words.count(w)}" for w in dict.fromkeys(words))
+        kinds = [w.partition(" (")[0] if w.startswith("pending") else w for w in words]
+        tally = ", ".join(f"{w}: {kinds.count(w)}" for w in dict.fromkeys(kinds))
         out += [f"Here: {len(here)} matched pair(s), the paper's winner first; {tally}.", ""]
         out += md_table(["pair (a vs b)", "budget", "stored a / b", "n seeds", "a - b, points [95% CI]",
                          "s.d. of a - b", "seed s.d. a / b (points)", "verdict"], rows)
