@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from finetune.vocabulary import NONE, SITES
 from search import contract as C
-from trainables.vocabulary import NONE, SITES
 
 SITE_NAMES = tuple(rep.value for rep in SITES)  # modified representations, in the paper's order
 TERMINAL_STATUSES = C.TERMINAL_STATUSES

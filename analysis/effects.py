@@ -24,11 +24,19 @@ import numpy as np
 import pandas as pd
 
 from analysis.design import SITE_NAMES
-from analysis.matching import (BUDGET_TOLERANCE, Design, DesignSet, designs_of, matched_pairs, moves, tied_sites,
-                               units_along)
+from analysis.matching import (
+    BUDGET_TOLERANCE,
+    Design,
+    DesignSet,
+    designs_of,
+    matched_pairs,
+    moves,
+    tied_sites,
+    units_along,
+)
+from finetune.spans import timed
+from finetune.vocabulary import Form
 from search import contract as C
-from trainables.spans import timed
-from trainables.vocabulary import Form
 
 COLUMNS = ["axis", "site", "a", "b", "diff", "ci_low", "ci_high", "n_pairs", "verdict"]  # effects.csv, in this order
 MIN_PAIRS = 5  # without replicate seeds, fewer pairs than this give no trustworthy CI (all 4 agreeing: p = 1/16)

@@ -30,7 +30,7 @@ from analysis.design import SITE_NAMES, design_columns, is_active, reference_of,
 from analysis.groups import design_groups
 from analysis.matching import designs_of
 from analysis.pareto import MIN_FRACTION
-from trainables.spans import timed
+from finetune.spans import timed
 
 MIN_TRIALS = 3  # fANOVA fits a random forest; below 3 points every split is arbitrary
 MAX_NUMERIC_CHOICES = 16  # a numeric setting with more values than this is a range, not a list of choices

@@ -26,8 +26,9 @@ from mlflow.exceptions import MlflowException
 
 from analysis.design import BASE_COLUMNS, DESIGN_LINE_SEPARATOR, SITE_NAMES
 from analysis.mlflow_filter import PAGE_SIZE, tag_filter
+from finetune.spans import timed
 from search import contract as C
-from trainables.spans import timed
+
 _PANDAS3 = int(pd.__version__.split(".")[0]) >= 3
 _INT_RE = re.compile(r"^[+-]?\d+$")
 # Values that mean "not set" when deciding whether a param column is numeric (str(None) from Python).

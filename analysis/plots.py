@@ -26,8 +26,8 @@ from matplotlib.transforms import Bbox
 from analysis.design import describe_design, reference_of
 from analysis.groups import design_groups, group_front, pareto_flags
 from analysis.pareto import MIN_FRACTION, hypervolume
+from finetune.spans import timed
 from search.contract import FAILED, Reference, score_name
-from trainables.spans import timed
 
 # Sizes: 10 x 7 in at 100 dpi = 1000 x 700 px, readable in the MLflow artifact viewer without scrolling.
 FIG_SIZE_IN = (10.0, 7.0)

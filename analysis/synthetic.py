@@ -21,9 +21,9 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 
+from finetune.designpoint import DesignPoint
+from finetune.presets import get_preset
 from search import contract as C
-from trainables.designpoint import DesignPoint
-from trainables.presets import get_preset
 
 BACKBONE_PARAMS = 125_000_000  # roughly RoBERTa-base
 HIDDEN, LAYERS = 768, 12

@@ -1,4 +1,4 @@
-"""Orchestration overhead of a search (not a test): seconds per trial spent outside `trainables.loop.train`.
+"""Orchestration overhead of a search (not a test): seconds per trial spent outside `finetune.loop.train`.
 
     python benchmarks/bench_orchestration.py --tiny-trials 12      # ~3-4 min on 2 cores: the DEFAULT scenarios
     python benchmarks/bench_orchestration.py --only tiny-none      # a subset
@@ -11,7 +11,7 @@ pretrained MiniLM on the generated smoke task, `--set max_steps=2 eval_every=2 e
 the design, train 2 steps, evaluate 16 examples).
 
 Nothing is patched: the product emits named timing spans when the environment variable PETL_SPANS names a folder
-(`trainables.spans`; the Ray workers inherit it): the driver's phases (plan, tracking check, Ray start, parent run,
+(`finetune.spans`; the Ray workers inherit it): the driver's phases (plan, tracking check, Ray start, parent run,
 Tune's fit, each suggestion and each told outcome, the final report), each trial in its worker, `loop.train` in it
 and each evaluation's report. Time inside `train` runs from its call until its last report is handed to Ray (what
 follows, Tune taking the result or ending the trial inside that report, is orchestration).
@@ -124,7 +124,7 @@ def posthoc_refresh(work: Path, name: str, repeats: int) -> tuple[list[float], d
 
     from analysis.load import load_search
     from analysis.report import update_search_report
-    from trainables.spans import ENV, pair_spans, read_events
+    from finetune.spans import ENV, pair_spans, read_events
 
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
     parent = client.search_runs([client.get_experiment_by_name(name).experiment_id],
@@ -148,7 +148,7 @@ def posthoc_refresh(work: Path, name: str, repeats: int) -> tuple[list[float], d
 
 def measure(name: str, trials: int, work: Path, repeats: int) -> dict[str, Any]:
     """Run one scenario and read everything it emitted into the record `orchestration_report` tabulates."""
-    from trainables.spans import pair_spans, read_events
+    from finetune.spans import pair_spans, read_events
 
     process_s = run_search(name, trials, work)
     events = read_events(work / "spans")
@@ -157,7 +157,7 @@ def measure(name: str, trials: int, work: Path, repeats: int) -> dict[str, Any]:
     whole = [s for s in spans if s["name"] in ("search.plan", "search.finish")]
     if not any(e["name"] == "trial" for e in events):
         raise SystemExit(f"scenario {name}: no trial spans under {work / 'spans'}; did the Ray workers inherit "
-                         "PETL_SPANS? (trainables.spans)")
+                         "PETL_SPANS? (finetune.spans)")
     refresh, parts, df = posthoc_refresh(work, name, repeats)
     trial_dirs = work / "runs" / name / "trials"
     finals = sorted(p.parent.name for p in trial_dirs.glob("*/petl.safetensors")) if trial_dirs.exists() else []

@@ -58,10 +58,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
 from contention import ContentionGuard  # noqa: E402
 from petl_candidates import Bench, Candidate, candidates, make_bart, make_minilm  # noqa: E402
+from torch import nn  # noqa: E402
 
 THREADS = 2
 MIN_CLEAN = 3  # uncontended timed steps a candidate needs before its contended ones are dropped

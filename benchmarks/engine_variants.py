@@ -1,6 +1,6 @@
-"""The training engines benchmarks/gpu_check.py times: trainables.engine's DeepSpeed (as shipped, or the
+"""The training engines benchmarks/gpu_check.py times: finetune.engine's DeepSpeed (as shipped, or the
 bf16-accumulating stage-0 config of before, `0b`) and plain PyTorch, each over one AdamW with the product's optimizer
-groups (`trainables.loop.optimizer_groups`: decay on matrices only)."""
+groups (`finetune.loop.optimizer_groups`: decay on matrices only)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from torch import nn
 
 
 def make_optimizer(model: nn.Module, lr: float) -> tuple[torch.optim.Optimizer, Any]:
-    from trainables.loop import optimizer_groups
+    from finetune.loop import optimizer_groups
 
     opt = torch.optim.AdamW(optimizer_groups(model, 0.01), lr=lr)  # the product's groups: decay on matrices only
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
 
 
 def make_cfg(engine: str, precision: str, batch: int, zero_stage: int) -> Any:
-    from trainables.trainconfig import TrainConfig
+    from finetune.trainconfig import TrainConfig
 
     # en-ro's recipe, with sentence batches of `batch` rows (the engine sizes DeepSpeed's micro-batch from it).
     return TrainConfig.for_task("en-ro", engine=engine, precision=precision, batch_size=batch, max_tokens=None,
@@ -30,7 +30,7 @@ def make_cfg(engine: str, precision: str, batch: int, zero_stage: int) -> Any:
 def legacy_bf16_accum() -> Any:
     """The DeepSpeed config shipped before: bf16 at ZeRO stage 0 with DeepSpeed's default bf16 gradient accumulation
     (FP16_UnfusedOptimizer), kept here to time it against the fp32-accumulating config `deepspeed_config` builds."""
-    import trainables.engine as E
+    import finetune.engine as E
 
     original = E.deepspeed_config
 
@@ -55,7 +55,7 @@ def parse_stage(token: str) -> tuple[int, bool]:
 
 def build_engine(mode: str, model: nn.Module, device: torch.device, batch: int, zero_stage: int, precision: str,
                  legacy: bool = False) -> Any:
-    from trainables.engine import TorchEngine, make_engine
+    from finetune.engine import TorchEngine, make_engine
 
     opt, sched = make_optimizer(model, 1e-4)
     if mode == "deepspeed":

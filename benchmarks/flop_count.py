@@ -1,9 +1,9 @@
 """PETL training FLOPs and model FLOP utilisation for benchmarks/gpu_check.py.
 
-The count is the product's (`trainables.flops.micro_batch_flops`: closed form from the config, input gradients only
+The count is the product's (`finetune.flops.micro_batch_flops`: closed form from the config, input gradients only
 where the input depends on a trainable parameter, weight gradients only for trainable matrices; checked exactly
 against torch's FlopCounterMode in tests/test_flops.py). MFU = FLOPs / step time / the GPU's peak dense bf16 FLOP/s
-(`trainables.flops.PEAK_BF16`).
+(`finetune.flops.PEAK_BF16`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from trainables.designpoint import DesignPoint
-from trainables.vocabulary import Backbone
-from trainables.flops import Shape, micro_batch_flops, peak_flops
+from finetune.designpoint import DesignPoint
+from finetune.flops import Shape, micro_batch_flops, peak_flops
+from finetune.vocabulary import Backbone
 
 __all__ = ["add_mfu", "executed_flops", "peak_flops", "step_flops"]
 

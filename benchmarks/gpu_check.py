@@ -4,7 +4,7 @@
    with the MAM adapter injected (`mam` preset: prefix l=30 with MLP 800 at every attention module + scaled parallel
    FFN adapter r=512, s=4), trained on synthetic token batches (default 16 × 128 source / 128 target tokens, no
    padding) for `--steps` timed steps after `--warmup` discarded ones,
-     (a) with the DeepSpeed engine in bf16, built by `trainables.engine.make_engine` from TrainConfig(engine=
+     (a) with the DeepSpeed engine in bf16, built by `finetune.engine.make_engine` from TrainConfig(engine=
          "deepspeed", precision="bf16"), as shipped at ZeRO stage <= 1 (stage 1 + data_types.grad_accum_dtype=fp32:
          DeepSpeed's BF16_Optimizer, fp32 gradient accumulation and master weights) and stage 2, and the config
          shipped before ("0b": stage 0, where DeepSpeed wraps AdamW in FP16_UnfusedOptimizer and accumulates
@@ -13,12 +13,12 @@
    each with a fresh model built from the same seed. Reported: tokens/s (source + target tokens), s/step, peak GPU
    memory (`torch.cuda.max_memory_allocated`, reset before the model is built) and model FLOP utilisation.
 
-   FLOPs are PETL training FLOPs counted honestly (`trainables.flops`, through `benchmarks/flop_count.py`: every
+   FLOPs are PETL training FLOPs counted honestly (`finetune.flops`, through `benchmarks/flop_count.py`: every
    matrix product, input gradients only where they are needed, weight gradients only for trainable matrices); MFU =
-   FLOPs / step time / the GPU's peak dense bf16 FLOP/s (`trainables.flops.PEAK_BF16`). torch's FlopCounterMode count
+   FLOPs / step time / the GPU's peak dense bf16 FLOP/s (`finetune.flops.PEAK_BF16`). torch's FlopCounterMode count
    of one executed step is printed beside it as a cross-check (fused attention kernels may escape it).
 
-2. Parity: a tiny BART (`trainables.tiny.tiny_config("bart")`, dropout off) with a small MAM design (dropout off),
+2. Parity: a tiny BART (`finetune.tiny.tiny_config("bart")`, dropout off) with a small MAM design (dropout off),
    20 steps on CPU and on the GPU, fp32, TF32 off, torch engine, same seed, same weights and same batches: the two
    loss curves must agree to max |diff| < 1e-3.
 
@@ -52,12 +52,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, if the project is not installed
 
 import torch
-from torch import nn
-
 from engine_variants import build_engine, make_cfg, make_optimizer, parse_stage
 from flop_count import add_mfu, executed_flops, peak_flops, step_flops
 from gpu_report import add_verdicts, summary_text
-
+from torch import nn
 
 
 def log(msg: str) -> None:
@@ -77,8 +75,8 @@ def rss_mb() -> float:
 # model and data
 # ---------------------------------------------------------------------------------------------------------------------
 def big_config(smoke: bool) -> Any:
-    from trainables.hubconfigs import load_config
-    from trainables.tiny import tiny_config
+    from finetune.hubconfigs import load_config
+    from finetune.tiny import tiny_config
 
     if smoke:
         return tiny_config("mbart", vocab_size=256, d=64, layers=2, heads=4, ffn=128, max_positions=256)
@@ -88,7 +86,7 @@ def big_config(smoke: bool) -> Any:
 def build_model(config: Any, design: Any, device: torch.device, seed: int) -> nn.Module:
     from transformers import AutoModelForSeq2SeqLM
 
-    from trainables.inject import inject
+    from finetune.inject import inject
 
     torch.manual_seed(seed)
     try:
@@ -155,7 +153,7 @@ def throughput(mode: str, precision: str, args: argparse.Namespace, config: Any,
         loss = engine(**b).loss
         engine.backward(loss)
         engine.step()
-        losses.append(float(loss.detach()))  # what trainables.loop does every step (a host sync)
+        losses.append(float(loss.detach()))  # what finetune.loop does every step (a host sync)
     sync(device)
     dt = time.perf_counter() - t0
     tokens = args.steps * batch * (args.src + args.tgt)
@@ -183,10 +181,10 @@ def throughput(mode: str, precision: str, args: argparse.Namespace, config: Any,
 def parity(args: argparse.Namespace, gpu: torch.device | None) -> dict[str, Any]:
     from transformers import AutoModelForSeq2SeqLM
 
-    from trainables.designpoint import DesignPoint
-    from trainables.engine import TorchEngine
-    from trainables.inject import inject
-    from trainables.tiny import tiny_config
+    from finetune.designpoint import DesignPoint
+    from finetune.engine import TorchEngine
+    from finetune.inject import inject
+    from finetune.tiny import tiny_config
 
     design = DesignPoint.from_dict({
         "head_attn": {"form": "softmax", "size": 4, "composition": "gated", "prefix_mlp": 16},
@@ -315,7 +313,7 @@ def main() -> None:
 
     import transformers
 
-    from trainables.presets import get_preset
+    from finetune.presets import get_preset
 
     cuda = torch.cuda.is_available() and not args.cpu_smoke
     device = torch.device("cuda" if cuda else "cpu")

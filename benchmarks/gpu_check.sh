@@ -6,7 +6,7 @@
 #    (--no-deps --no-index), then any of its import-time dependencies that are missing (hjson, einops, msgpack,
 #    py-cpuinfo, psutil, pydantic stack, typing-extensions) from benchmarks/wheels/deps (pip picks the wheel matching this Python).
 #    If deepspeed still does not import, gpu_check.py runs the plain-PyTorch parts and says so.
-# 2. the project: if `import trainables` fails, `pip install --no-deps --no-index --no-build-isolation -e .`,
+# 2. the project: if `import finetune` fails, `pip install --no-deps --no-index --no-build-isolation -e .`,
 #    falling back to PYTHONPATH=<repo root>.
 # 3. python benchmarks/gpu_check.py "$@", its console output also saved to $OUT/gpu_check.log.
 set -uo pipefail
@@ -54,9 +54,9 @@ if ! $PY -c "import deepspeed" >/dev/null 2>&1; then
         | grep -v "^\[20" | tail -3
 fi
 
-if ! $PY -c "import trainables.inject" >/dev/null 2>&1; then
+if ! $PY -c "import finetune.inject" >/dev/null 2>&1; then
     echo "== project not importable: pip install -e ."
-    if ! "${PIP[@]}" --no-build-isolation -e . >/dev/null 2>&1 || ! $PY -c "import trainables.inject" >/dev/null 2>&1; then
+    if ! "${PIP[@]}" --no-build-isolation -e . >/dev/null 2>&1 || ! $PY -c "import finetune.inject" >/dev/null 2>&1; then
         echo "   editable install failed: using PYTHONPATH=$REPO"
         export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
     fi

@@ -56,7 +56,7 @@ def summary_text(rep: dict[str, Any]) -> str:
         if r.get("flops"):
             fl = r["flops"]
             lines.append(
-                f"\nGFLOP per step at batch {r['batch']} (trainables.flops): forward {fl['forward'] / 1e9:,.2f} + input "
+                f"\nGFLOP per step at batch {r['batch']} (finetune.flops): forward {fl['forward'] / 1e9:,.2f} + input "
                 f"gradients {fl['input_grad'] / 1e9:,.2f} + weight gradients {fl['weight_grad'] / 1e9:,.2f} = "
                 f"{fl['total'] / 1e9:,.2f} (full fine-tuning of the same step: {fl['full_finetune_equivalent'] / 1e9:,.2f})")
             break

@@ -45,8 +45,8 @@ def _reference_tags(client: Any, parent_id: str, data_dir: Path | None) -> None:
         from search import contract as C
     except ImportError:  # an older checkout: the report used its fixed reference score 0
         return
-    from trainables.data import load_examples
-    from trainables.tasks import get_task
+    from finetune.data import load_examples
+    from finetune.tasks import get_task
 
     labels = None
     if data_dir is not None and (data_dir / "dev.tsv").is_file():

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("search.run", "trainables.count", "trainables.trial", "analysis.report", "search.reevaluate")
+COMMANDS = ("search.run", "finetune.count", "finetune.trial", "analysis.report", "search.reevaluate")
 
 
 def export(ref: str, into: Path) -> Path:

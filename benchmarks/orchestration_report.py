@@ -29,7 +29,7 @@ def summarize(r: dict) -> dict:
     }
 
 
-PARTS = {  # driver-side spans (trainables.spans) → what the breakdown calls them
+PARTS = {  # driver-side spans (finetune.spans) → what the breakdown calls them
     "search.ray_start": "Ray start", "search.plan": "plan", "search.check_tracking": "MLflow check",
     "search.open": "MLflow parent run + callback", "search.fit": "Tune fit",
     "search.suggest": "searcher: suggest", "search.tell": "searcher: tell", "search.finish": "final report + summary",

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from trainables.designpoint import DesignPoint
-from trainables.inject import inject
-from trainables.petl.forms import PrefixKV
-from trainables.petl.insertion import HeadSite
-from trainables.presets import load_presets
-from trainables.tiny import tiny_config
+from finetune.designpoint import DesignPoint
+from finetune.inject import inject
+from finetune.petl.forms import PrefixKV
+from finetune.petl.insertion import HeadSite
+from finetune.presets import load_presets
+from finetune.tiny import tiny_config
 
 GLUE_PRESETS = {"lora_attn": 768, "mam_glue": 768}  # budgets taken from RoBERTa-base (Table 2)
 PAPER_D = 1024  # BART-large / mBART-large, every other preset
@@ -149,7 +149,7 @@ def ours_decoder_self_only(bench: Bench, name: str, dp: DesignPoint, counterpart
     model = copy.deepcopy(bench.base)
     inject(model, dp)
     enc, dec = model.model.encoder, model.model.decoder
-    # the stacks' prefix pre-hooks skip a kind whose PrefixKV is gone (trainables.petl.insertion.prefix_hook)
+    # the stacks' prefix pre-hooks skip a kind whose PrefixKV is gone (finetune.petl.insertion.prefix_hook)
     del enc.petl_prefix["encoder"], dec.petl_prefix["cross"]
     for layer in enc.layers:
         del layer.self_attn.petl_head
@@ -167,7 +167,7 @@ def peft_lora(bench: Bench, r: int, scale: float) -> Candidate:
     if bench.seq2seq:
         cfg = LoraConfig(task_type="SEQ_2_SEQ_LM", r=r, lora_alpha=scale * r, lora_dropout=0.1,
                          target_modules=["q_proj", "v_proj"])
-    else:  # our classification designs train classifier + pooler (trainables.sitemap task_heads): same here
+    else:  # our classification designs train classifier + pooler (finetune.sitemap task_heads): same here
         cfg = LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=scale * r, lora_dropout=0.1,
                          target_modules=["query", "value"], modules_to_save=["classifier", "pooler"])
     return Candidate("peft_lora", get_peft_model(model, cfg), f"peft LoraConfig(r={r}, lora_alpha={scale * r:g}, "

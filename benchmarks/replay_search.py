@@ -11,7 +11,7 @@ record its learning curve, then run the search many times against the table. Her
 DIR is the SST-2 folder (GLUE's train.tsv and dev.tsv; default $PETL_SST2_DIR); the grid is
 benchmarks/spaces/bench_sst2_grid.yaml.
 
-`table` trains each (design, lr) of the grid space with the real `trainables.loop.train` (MiniLM, SST-2 sample,
+`table` trains each (design, lr) of the grid space with the real `finetune.loop.train` (MiniLM, SST-2 sample,
 90 steps, evaluation every 10) and appends {key, fraction, curve {step: score}} to JSONL shards.
 
 `replay` drives the *production* classes without Ray: `search.searcher.FullFidelityOptunaSearch` over
@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "benchmarks"))  # bench_data, also when imported as benchmarks.replay_search
 
 from bench_data import add_data_dir, require_data_dir  # noqa: E402
+
 SPACE = ROOT / "benchmarks" / "spaces" / "bench_sst2_grid.yaml"
 SMOKE_SET = ("max_steps=2", "eval_every=2", "eval_cap=16", "train_limit=64")  # --smoke: seconds per point
 TABLE = ROOT / "benchmarks" / "curves_sst2_grid"
@@ -90,8 +91,8 @@ def build_table(args: argparse.Namespace) -> int:
     """Train the grid's points whose index ≡ shard (mod shards); resumable (done keys are skipped)."""
     import torch
 
-    from trainables.designpoint import DesignPoint
-    from trainables.loop import train
+    from finetune.designpoint import DesignPoint
+    from finetune.loop import train
 
     torch.set_num_threads(1)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

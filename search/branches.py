@@ -9,6 +9,8 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from finetune.presets import get_preset
+from finetune.vocabulary import NONE, SITES, Representation
 from search.space import (
     SCALED_ONLY,
     SITE_OPTIONS,
@@ -18,8 +20,6 @@ from search.space import (
     _pair_ok,
 )
 from search.yamlsafe import short
-from trainables.presets import get_preset
-from trainables.vocabulary import NONE, SITES, Representation
 
 
 class BranchWalker:

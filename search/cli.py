@@ -16,11 +16,11 @@ import argparse
 import os
 import secrets
 
+from finetune.gpus import DEFAULT_GPU, DEFAULT_UTILIZATION
+from finetune.runconfig import settings_help
+from finetune.tasks import data_help, get_task, task_names
 from search.names import SearchError, check_name, restore_args
 from search.outcome import exit_code_table
-from trainables.gpus import DEFAULT_GPU, DEFAULT_UTILIZATION
-from trainables.runconfig import settings_help
-from trainables.tasks import data_help, get_task, task_names
 
 DEFAULT_SPACE = "smoke"
 
@@ -37,7 +37,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def epilog() -> str:
     """What --set accepts (with each setting's default from the run configuration) and what --data-dir must hold per
-    task, both derived from the code that reads them (trainables.runconfig, trainables.tasks)."""
+    task, both derived from the code that reads them (finetune.runconfig, finetune.tasks)."""
     sets = "\n".join(f"  {line}" for line in settings_help())
     data = "\n".join(f"  {name}: {data_help(get_task(name))}" for name in task_names() if not get_task(name).generated)
     return (f"--set KEY=VALUE (also a space's train: key); default = the task's recipe, or the setting's own:"

@@ -29,8 +29,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from trainables.designpoint import DesignPoint, SiteSpec
-from trainables.vocabulary import SITES
+from finetune.designpoint import DesignPoint, SiteSpec
+from finetune.vocabulary import SITES
 
 # ---- tags ---------------------------------------------------------------------------------------------------------
 PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -71,7 +71,7 @@ STATUS_FROM_MLFLOW = {"FINISHED": FINISHED, "FAILED": FAILED, "KILLED": FAILED, 
 
 # ---- metrics -----------------------------------------------------------------------------------------------------
 SCORE, FRACTION, PARAMS_TRAINABLE, PARAMS_STORED = "score", "fraction", "params.trainable", "params.stored"
-# The best evaluation so far by the run's select_metric / select_mode (trainables.selection) and its step: at
+# The best evaluation so far by the run's select_metric / select_mode (finetune.selection) and its step: at
 # max_steps, the checkpoint the paper would report. It is the objective the sampler and the front use; `score` (this
 # step's task score) is what the rungs compare, like with like at their step.
 SELECTED_SCORE, SELECTED_STEP = "selected_score", "selected_step"
@@ -169,7 +169,7 @@ class ScoreName(NamedTuple):
 def score_name(metric: str | None) -> ScoreName:
     """The name of a task metric's primary score (`petl.metric` on the parent); a search that recorded none, or a
     metric this version does not know, keeps the generic `score`."""
-    from trainables.metrics import METRICS  # light: the scorers' libraries load on first use
+    from finetune.metrics import METRICS  # light: the scorers' libraries load on first use
 
     m = METRICS.get(str(metric)) if metric else None
     if m is None or not m.label:
@@ -223,7 +223,7 @@ def task_reference(task_name: str, labels: list[int] | None = None) -> Reference
     Classification: the majority-class accuracy of `labels` (the evaluation examples the trials are scored on) when
     given, else chance, 1 / number of classes. BLEU and ROUGE: 0. Raises ValueError for an unknown task.
     """
-    from trainables.tasks import get_task  # deferred: loads transformers' config classes
+    from finetune.tasks import get_task  # deferred: loads transformers' config classes
 
     task = get_task(task_name)
     if task.kind != "classification":

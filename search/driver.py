@@ -12,6 +12,7 @@ import os
 import warnings
 from typing import Any
 
+from finetune.spans import span
 from search.branches import preset_params
 from search.cluster import check_address, gcs_alive, watch_cluster
 from search.contract import SEARCH_STATE_TAG, reference_tags, score_name
@@ -19,7 +20,6 @@ from search.dryrun import print_plan
 from search.names import check_name, save_args
 from search.outcome import STATES, Outcome, StopSignals, describe, outcome_fields, tally, write_status
 from search.plan import DefineByRunSpace, SearchError, SearchPlan, plan
-from trainables.spans import span
 
 
 def make_searcher(p: SearchPlan) -> Any:

@@ -1,7 +1,7 @@
 """`petl-search --dry-run`: the plan of a search, as text or one JSON object, before anything starts.
 
 The run part (task, model, data and row counts, resolved settings and their origin, steps, evaluation) and the
-per-trial cost come from `trainables.runplan`; this adds the space, the scheduler and its rung steps, resources and
+per-trial cost come from `finetune.runplan`; this adds the space, the scheduler and its rung steps, resources and
 concurrency, the trials and presets, and the search's cost. Designs priced: the space's presets, and for spaces with
 sites a few random draws from the space (Optuna's RandomSampler, seeded), the kind of design the search starts with.
 Search cost: trials × steps per trial × the median per-step FLOPs of those designs; with early stopping the expected
@@ -16,13 +16,13 @@ import json
 import statistics
 from typing import Any
 
+from finetune.accounting import count_params
+from finetune.cost import GpuModel
+from finetune.designpoint import DesignPoint
+from finetune.presets import get_preset
+from finetune.runplan import cost_lines, run_lines, run_plan
 from search.names import SearchError
 from search.plan import Schedule, SearchPlan
-from trainables.accounting import count_params
-from trainables.cost import GpuModel
-from trainables.designpoint import DesignPoint
-from trainables.presets import get_preset
-from trainables.runplan import cost_lines, run_lines, run_plan
 
 RANDOM_DRAWS = 6
 

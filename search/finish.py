@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from finetune.spans import timed
 from search.contract import SEARCH_STATE_TAG, score_name
-from trainables.spans import timed
 
 
 def front_table(df: Any) -> str:

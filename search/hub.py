@@ -16,8 +16,8 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants, try_to_load_from_cache
 from huggingface_hub.errors import RepositoryNotFoundError
 
+from finetune.tasks import Task, data_help
 from search.names import SearchError
-from trainables.tasks import Task, data_help
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model", "spiece.model", "vocab.json",
@@ -47,7 +47,7 @@ def check_available(task: Task, model_path: str | None, data_dir: str | None) ->
     """Raise SearchError when the weights, the tokenizer or the data of this search cannot be had on this machine:
     ONE line naming every missing thing (the model and the data are both checked first, so the user fixes both at
     once), the flags that supply them (--model DIR; --data-dir DIR with what it must hold for the task) and
-    HF_HUB_OFFLINE. `model_path` is where the weights come from (`trainables.models.resolve_model_path`; None: a
+    HF_HUB_OFFLINE. `model_path` is where the weights come from (`finetune.models.resolve_model_path`; None: a
     tiny model built from config)."""
     missing = [m for m in (_check_model(model_path) if model_path is not None else None,
                            _check_dataset(task) if data_dir is None and not task.generated else None) if m]

@@ -11,9 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
+from finetune.tasks import get_task
 from search.spacefile import space_file
 from search.yamlsafe import load_yaml
-from trainables.tasks import get_task
 
 
 class SearchError(ValueError):

@@ -1,6 +1,6 @@
 """A search's plan: everything resolved and checked from the arguments before anything starts (no Ray, no weights).
 
-`plan(args)` loads the space, resolves the run configuration once (`trainables.runconfig.resolve_run`: task recipe →
+`plan(args)` loads the space, resolves the run configuration once (`finetune.runconfig.resolve_run`: task recipe →
 the space's fixed `train:` values → `--set`), prices a design against the model config, places the scheduler's
 rungs on the resolved evaluation steps, and returns a frozen `SearchPlan`. The driver runs it; `--dry-run` prints it;
 every trial receives its `TrialContext` and builds its one `TrainConfig` from `run` with its sampled settings.
@@ -14,23 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune.accounting import count_params
+from finetune.data import load_examples
+from finetune.designpoint import DesignPoint
+from finetune.models import check_lengths, config_for, resolve_model_path
+from finetune.presets import load_presets
+from finetune.runconfig import RunConfig, resolve_run
+from finetune.tasks import Task, get_task
+from finetune.trainconfig import parse_overrides
 from search import contract as C
+from search.branches import BranchWalker
 from search.hub import check_available
 from search.names import SearchError, default_name, search_name, storage_folder
 from search.preflight import check_data_dir, check_flags, check_local_resources, check_model_fits, model_phrase
 from search.rungs import rung_steps
-from search.branches import BranchWalker
 from search.space import SearchSpace
 from search.spacefile import load_space
 from search.studyplan import grid_configs, planned_trials, replicate_seeds
-from trainables.accounting import count_params
-from trainables.data import load_examples
-from trainables.designpoint import DesignPoint
-from trainables.models import check_lengths, config_for, resolve_model_path
-from trainables.presets import load_presets
-from trainables.runconfig import RunConfig, resolve_run
-from trainables.tasks import Task, get_task
-from trainables.trainconfig import parse_overrides
 
 
 class DefineByRunSpace:

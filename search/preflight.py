@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from finetune.sitemap import family_of
+from finetune.tasks import Task, data_help
 from search.names import SearchError
-from trainables.sitemap import family_of
-from trainables.tasks import Task, data_help
 
 
 def check_flags(args: argparse.Namespace) -> None:

@@ -22,10 +22,10 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from finetune.spans import timed
 from search import contract as C
 from search.searcher import outcome
 from search.studyplan import replicate_seeds, with_replicate
-from trainables.spans import timed
 
 __all__ = ["ReplicateSearcher", "combine", "replicate_seeds", "with_replicate"]
 

@@ -18,7 +18,7 @@ import ray
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-# The task score of the checkpoint the run's select_metric/select_mode chose (trainables.selection), as the paper
+# The task score of the checkpoint the run's select_metric/select_mode chose (finetune.selection), as the paper
 # reported; the rungs compare the score at their own step instead (search.scheduler).
 OBJECTIVES, DIRECTIONS = ["selected_score", "fraction"], ["max", "min"]
 BUDGET_KEY = "max_param_fraction"  # the Optuna constraint: fraction - limit, feasible when <= 0

@@ -24,10 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from finetune.designpoint import DesignPoint
+from finetune.presets import get_preset
+from finetune.vocabulary import NONE, SITES, Representation
 from search.yamlsafe import short
-from trainables.designpoint import DesignPoint
-from trainables.presets import get_preset
-from trainables.vocabulary import NONE, SITES, Representation
 
 SITE_OPTIONS = ("form", "composition", "scale", "learn_scale", "insertion", "layernorm", "init", "size", "dropout",
                 "prefix_mlp")  # sampling order: a choice may depend only on those before it

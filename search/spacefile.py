@@ -10,6 +10,11 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from finetune.presets import get_preset
+from finetune.runconfig import setting_kinds, setting_type
+from finetune.tasks import get_task
+from finetune.trainconfig import check_setting, coerce
+from finetune.vocabulary import NONE, SITES, Representation
 from search.branches import validate
 from search.space import (
     SITE_OPTIONS,
@@ -19,11 +24,6 @@ from search.space import (
     _site_kind,
 )
 from search.yamlsafe import load_yaml, short
-from trainables.presets import get_preset
-from trainables.runconfig import setting_kinds, setting_type
-from trainables.tasks import get_task
-from trainables.trainconfig import check_setting, coerce
-from trainables.vocabulary import NONE, SITES, Representation
 
 TOP_KEYS = {"description", "task", "model", "sites", "tie", "prompt_length", "backbone", "train", "presets"}
 
@@ -170,8 +170,8 @@ def _dim_key(dim: Dim | None) -> Any:
 
 def _train(raw: Mapping) -> dict[str, Dim]:
     """The space's `train:` values, each checked at every value it can take by the run configuration's own rule
-    (`trainables.trainconfig.RULES`), so a bad high end is named here, with its key, not in every trial."""
-    kinds = setting_kinds()  # the run configuration's settings (trainables.runconfig), epochs and eval_epochs included
+    (`finetune.trainconfig.RULES`), so a bad high end is named here, with its key, not in every trial."""
+    kinds = setting_kinds()  # the run configuration's settings (finetune.runconfig), epochs and eval_epochs included
     train: dict[str, Dim] = {}
     for key, value in raw.items():
         if key not in kinds:

@@ -18,10 +18,10 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from finetune.spans import timed
 from search import contract as C
 from search.searcher import outcome
 from search.studyplan import GRID_LIMIT, grid_configs, lr_free_key, planned_trials, with_replicate
-from trainables.spans import timed
 
 __all__ = ["GRID_LIMIT", "ConfigListSearcher", "grid_configs", "lr_free_key", "planned_trials"]
 

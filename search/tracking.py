@@ -30,10 +30,10 @@ from ray.tune import Callback
 
 from analysis.mlflow_filter import runs_where
 from analysis.pareto import pareto_mask
+from finetune.designpoint import DesignPoint
 from search import contract as C
 from search.outbox import Outbox, http_policy, is_transient
 from search.searcher import outcome
-from trainables.designpoint import DesignPoint
 
 
 def _error_reason(trial: Any) -> str:

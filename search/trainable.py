@@ -1,4 +1,4 @@
-"""The Ray Tune trainable: a sampled config → a design point and run config → `trainables.loop.train`.
+"""The Ray Tune trainable: a sampled config → a design point and run config → `finetune.loop.train`.
 
 Runs on Ray workers; imports nothing from the driver. A NaN or diverging loss, and an error that will repeat (a bad
 value, an impossible shape: `deterministic`), are reported as a failed result with their reason, since retrying
@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainables.designpoint import DesignPoint
-from trainables.reporter import TrialFailure
-from trainables.trainconfig import TrainConfig
+from finetune.designpoint import DesignPoint
+from finetune.reporter import TrialFailure
+from finetune.trainconfig import TrainConfig
 
 if TYPE_CHECKING:
     from search.plan import TrialContext
@@ -135,7 +135,7 @@ def failure_reason(err: BaseException) -> str:
 
 def _run(design: DesignPoint, cfg: TrainConfig, reporter: Any, fraction: float) -> dict[str, Any] | None:
     # deferred on purpose: this module is imported by the driver; torch and the training loop load in the Ray worker
-    from trainables.loop import train
+    from finetune.loop import train
 
     try:
         train(design, cfg, reporter)

@@ -10,9 +10,9 @@ from typing import Any
 import ray
 from ray import tune
 
+from finetune.spans import span, timed
 from search.cluster import check_placement
 from search.scheduler import make_scheduler
-from trainables.spans import span, timed
 
 # A multi-worker trial's own Tune process only launches Ray Train's workers (which reserve the CPUs and GPUs): it
 # holds 1 byte of memory and no CPU, so N workers of 1 CPU fit on N 1-CPU nodes (with 0.01 CPU it left 0.99 on its
@@ -43,7 +43,7 @@ def connect(plan: Any) -> str | None:
 
 
 def spanned(run_trial: Callable[[dict, Any], None]) -> Callable[[dict, Any], None]:
-    """The trainable as a span named "trial" (field: Tune's trial id) in its worker (trainables.spans). Same name
+    """The trainable as a span named "trial" (field: Tune's trial id) in its worker (finetune.spans). Same name
     and signature as `run_trial`, so Ray names trials and restores a search as before."""
 
     @functools.wraps(run_trial)

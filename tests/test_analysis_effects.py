@@ -17,8 +17,8 @@ from analysis.effects import CONCLUSIONS, MIN_PAIRS, bootstrap, like_for_like
 from analysis.load import runs_to_frame
 from analysis.matching import Design, designs_of, units_along
 from analysis.synthetic import SyntheticTrial, records_of, runs_of, synthetic_fraction
+from finetune.designpoint import DesignPoint
 from search.contract import FINISHED, Reference
-from trainables.designpoint import DesignPoint
 
 MAJORITY = Reference(0.5, "majority class (planted)")
 GOOD_LR, HIGH_LR = 1e-4, 1e-3

@@ -15,9 +15,9 @@ from analysis.load import runs_to_frame
 from analysis.pareto import hypervolume
 from analysis.plots import family_colors, front_figure, front_figure_html, hover_text
 from analysis.synthetic import SyntheticTrial, records_of, runs_of, synthetic_fraction
+from finetune.designpoint import DesignPoint
+from finetune.presets import get_preset
 from search.contract import Reference
-from trainables.designpoint import DesignPoint
-from trainables.presets import get_preset
 
 PA = DesignPoint.from_dict({"ffn": {"form": "relu", "size": 8}})  # PA, fraction 1.18e-3
 MAM, PREFIX = get_preset("mam").design, get_preset("prefix").design  # 6.5% and 2.9%

@@ -10,7 +10,7 @@ import pytest
 from analysis.importance import param_importance, varying_parameters
 from analysis.load import runs_to_frame
 from analysis.synthetic import SyntheticTrial, records_of, runs_of
-from trainables.designpoint import DesignPoint
+from finetune.designpoint import DesignPoint
 
 FFN = {"form": "relu", "composition": "scaled", "scale": 4.0, "init": "lora", "dropout": 0.1}
 LORA = {"form": "identity", "composition": "scaled", "scale": 2.0, "init": "lora", "dropout": 0.1}

@@ -22,9 +22,9 @@ from mlflow import MlflowClient
 
 from analysis.report import main
 from analysis.synthetic import fabricate_search
+from finetune.presets import get_preset
 from search.store import parent_run
 from search.tracking import MlflowSearchCallback
-from trainables.presets import get_preset
 
 STATUSES = ["finished", "finished", "finished", "stopped", "failed", "finished", "stopped", "finished"]
 # Under load (a full suite beside other engineers' work on 2 cores) the server needed about 3 minutes to answer; the

@@ -154,7 +154,7 @@ def empty_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_offline_a_missing_model_and_missing_data_are_named_in_one_line(run: Any, empty_hf_cache: Path) -> None:
     """The headline command offline: the model AND the data are checked before failing, so one run names both
     fixes (before: only --model DIR; the user learned of --data-dir after fixing the model)."""
-    from trainables.tasks import data_help, get_task
+    from finetune.tasks import data_help, get_task
 
     assert run("--space", "full", "--dataset", "en-ro") == (
         "error: model 'facebook/mbart-large-cc25' is not in the Hugging Face cache of this machine (missing "
@@ -177,8 +177,8 @@ def test_offline_a_missing_model_and_missing_data_are_named_in_one_line(run: Any
 def test_a_hub_that_does_not_answer_names_both_flags_and_hf_hub_offline() -> None:
     """Online but the hub unreachable (a cluster without outbound network, HF_HUB_OFFLINE not set): both things in
     one line, with HF_HUB_OFFLINE as the way to stop asking."""
+    from finetune.tasks import data_help, get_task
     from search.hub import Missing, one_line
-    from trainables.tasks import data_help, get_task
 
     task = get_task("xsum")
     line = one_line([Missing("model 'facebook/bart-large' is not cached on this machine and the Hugging Face hub did "
@@ -203,7 +203,7 @@ def test_offline_a_missing_model_alone_names_model_dir(run: Any, empty_hf_cache:
 
 
 def test_offline_a_hub_dataset_without_a_cached_copy_names_data_dir(run: Any, empty_hf_cache: Path) -> None:
-    from trainables.tasks import data_help, get_task
+    from finetune.tasks import data_help, get_task
 
     assert run("--dataset", "sst2") == (
         "error: dataset 'glue/sst2' (task 'sst2') is not in the Hugging Face cache of this machine and HF_HUB_OFFLINE "
@@ -214,8 +214,8 @@ def test_offline_a_hub_dataset_without_a_cached_copy_names_data_dir(run: Any, em
 
 def test_a_cached_model_and_dataset_pass_the_check(empty_hf_cache: Path, tmp_path: Path) -> None:
     """The same offline check accepts what the cache holds (the layout huggingface_hub writes)."""
+    from finetune.tasks import get_task
     from search.hub import check_available
-    from trainables.tasks import get_task
 
     repo = empty_hf_cache / "models--facebook--mbart-large-cc25"
     (repo / "refs").mkdir(parents=True)

@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from trainables import data as D
-from trainables.batching import SentenceBatches, TokenBatches, item_lengths, token_batches
-from trainables.trainconfig import TrainConfig
-from trainables.loop import prepare_data
-from trainables.tasks import get_task
+from finetune import data as D
+from finetune.batching import SentenceBatches, TokenBatches, item_lengths, token_batches
+from finetune.loop import prepare_data
+from finetune.tasks import get_task
+from finetune.trainconfig import TrainConfig
 
 
 def test_token_batches_by_hand() -> None:

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from finetune.reporter import TrialFailure
 from search import outcome as O
 from search.cluster import Bundle, check_address, check_placement, split_address
 from search.plan import SearchError
@@ -23,7 +24,6 @@ from search.slurm import base_port, ports, render
 from search.submit import check_batch_args
 from search.submit import main as submit_main
 from search.trainable import deterministic, failure_reason
-from trainables.reporter import TrialFailure
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,11 +10,11 @@ from mlflow import MlflowClient
 
 from analysis.design import describe_design
 from analysis.load import load_search
+from finetune.presets import get_preset
 from search import contract as C
 from search.replicates import with_replicate
 from search.store import parent_run
 from search.tracking import MlflowSearchCallback
-from trainables.presets import get_preset
 
 # What tracking wrote before the contract existed, for MAM with a sampled lr (users' saved MLflow queries use these).
 OLD_PARAMS = {

@@ -8,15 +8,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-from trainables.hubconfigs import load_config
-from trainables.count import main as count_main
-from trainables.accounting import count_params
-from trainables.designpoint import DesignPoint
-from trainables.vocabulary import Backbone
-from trainables.inject import fold_prefixes, inject
-from trainables.petl.base import petl_named_parameters
-from trainables.presets import get_preset, load_presets
-from trainables.tiny import TINY_TYPES, tiny_config
+from finetune.accounting import count_params
+from finetune.count import main as count_main
+from finetune.designpoint import DesignPoint
+from finetune.hubconfigs import load_config
+from finetune.inject import fold_prefixes, inject
+from finetune.petl.base import petl_named_parameters
+from finetune.presets import get_preset, load_presets
+from finetune.tiny import TINY_TYPES, tiny_config
+from finetune.vocabulary import Backbone
 
 AUTO = {"seq2seq": AutoModelForSeq2SeqLM, "classification": AutoModelForSequenceClassification,
         "causal": AutoModelForCausalLM}

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from trainables.designpoint import DesignPoint, SiteSpec
-from trainables.vocabulary import Backbone, Composition, Form, Init, Insertion, LayerNormPos
-from trainables.presets import load_presets, parse_presets
+from finetune.designpoint import DesignPoint, SiteSpec
+from finetune.presets import load_presets, parse_presets
+from finetune.vocabulary import Backbone, Composition, Form, Init, Insertion, LayerNormPos
 
 RELU = dict(form=Form.RELU, size=8)
 

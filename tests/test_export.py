@@ -11,12 +11,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from trainables.checkpoint import load_trained, save_final
-from trainables.designpoint import DesignPoint
-from trainables.export import FALLBACK, export_peft, main, peft_refusal
-from trainables.inject import inject
-from trainables.presets import get_preset
-from trainables.tiny import tiny_config
+from finetune.checkpoint import load_trained, save_final
+from finetune.designpoint import DesignPoint
+from finetune.export import FALLBACK, export_peft, main, peft_refusal
+from finetune.inject import inject
+from finetune.presets import get_preset
+from finetune.tiny import tiny_config
 
 peft = pytest.importorskip("peft")
 
@@ -143,8 +143,8 @@ def test_the_command_exports_a_search_trial_for_its_own_checkpoint(tmp_path: Pat
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     # A trial of the packaged MiniLM as a search leaves it (design.json names task and model): the command builds
     # that model, and the adapter it writes reproduces the trial on a fresh copy of it.
-    from trainables.models import build
-    from trainables.tasks import get_task
+    from finetune.models import build
+    from finetune.tasks import get_task
 
     design = get_preset("lora_attn").design
     base, _ = build(get_task("toy-cls"), design, "minilm")

@@ -1,4 +1,4 @@
-"""Training FLOPs in closed form (trainables.flops) against a hand derivation and against what autograd executes."""
+"""Training FLOPs in closed form (finetune.flops) against a hand derivation and against what autograd executes."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-from trainables.cost import GpuModel
-from trainables.designpoint import DesignPoint
-from trainables.flops import Shape, micro_batch_flops
-from trainables.inject import inject
-from trainables.tiny import tiny_config
+from finetune.cost import GpuModel
+from finetune.designpoint import DesignPoint
+from finetune.flops import Shape, micro_batch_flops
+from finetune.inject import inject
+from finetune.tiny import tiny_config
 
 FFN_PA = {"ffn": {"form": "relu", "size": 8}}
 LORA = {"form": "identity", "size": 4, "composition": "scaled", "scale": 2.0, "init": "lora"}

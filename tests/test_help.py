@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from finetune.count import main as count_main
+from finetune.runconfig import setting_kinds
+from finetune.tasks import data_help, get_task, task_names
 from search.cli import build_parser
-from trainables.count import main as count_main
-from trainables.runconfig import setting_kinds
-from trainables.tasks import data_help, get_task, task_names
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def loaded_after(code: str) -> list[str]:
     return json.loads(out.strip().replace("'", '"'))
 
 
-@pytest.mark.parametrize("module", ["search.cli", "trainables.count", "trainables.trial", "search.reevaluate",
+@pytest.mark.parametrize("module", ["search.cli", "finetune.count", "finetune.trial", "search.reevaluate",
                                     "analysis.report"])
 def test_help_imports_nothing_heavy(module: str) -> None:
     """What made `--help` take seconds: torch and transformers, or pandas, MLflow, Optuna and matplotlib (the

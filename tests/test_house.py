@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("trainables", "search", "analysis", "benchmarks")
+PACKAGES = ("finetune", "search", "analysis", "benchmarks")
 MAX_LINES = 60
 
 

@@ -1,4 +1,4 @@
-"""`trainables` as a library: train/eval mode, deep copies, undo, replicas, gradient checkpointing, BitFit edge cases,
+"""`finetune` as a library: train/eval mode, deep copies, undo, replicas, gradient checkpointing, BitFit edge cases,
 unsupported classes."""
 
 from __future__ import annotations
@@ -11,17 +11,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
-                          BartForCausalLM, MBartForCausalLM)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    BartForCausalLM,
+    MBartForCausalLM,
+)
 
-from trainables.checkpoint import load_trained, save_final
-from trainables.accounting import count_params
-from trainables.designpoint import DesignPoint
-from trainables.inject import inject
-from trainables.petl.base import PetlModule, petl_named_parameters
-from trainables.petl.insertion import attn_implementation
-from trainables.presets import get_preset
-from trainables.tiny import tiny_config
+from finetune.accounting import count_params
+from finetune.checkpoint import load_trained, save_final
+from finetune.designpoint import DesignPoint
+from finetune.inject import inject
+from finetune.petl.base import PetlModule, petl_named_parameters
+from finetune.petl.insertion import attn_implementation
+from finetune.presets import get_preset
+from finetune.tiny import tiny_config
 
 B, T = 2, 7
 replicate_module = importlib.import_module("torch.nn.parallel.replicate")  # the module, not the function of that name

@@ -12,19 +12,19 @@ import torch
 from transformers import AutoModelForSeq2SeqLM
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from trainables import loop
-from trainables.batching import SentenceBatches
-from trainables.checkpoint import load_trained, read_design
-from trainables.trainconfig import TrainConfig
-from trainables.data import word_tokenizer
-from trainables.designpoint import DesignPoint
-from trainables.loop import train
-from trainables.models import build
-from trainables.presets import get_preset
-from trainables.reporter import REPORT_KEYS, ListReporter, TrialFailure
-from trainables.tasks import get_task
-from trainables.tiny import tiny_config
-from trainables.trial import main as trial_main
+from finetune import loop
+from finetune.batching import SentenceBatches
+from finetune.checkpoint import load_trained, read_design
+from finetune.data import word_tokenizer
+from finetune.designpoint import DesignPoint
+from finetune.loop import train
+from finetune.models import build
+from finetune.presets import get_preset
+from finetune.reporter import REPORT_KEYS, ListReporter, TrialFailure
+from finetune.tasks import get_task
+from finetune.tiny import tiny_config
+from finetune.trainconfig import TrainConfig
+from finetune.trial import main as trial_main
 
 FAST = dict(batch_size=16, eval_cap=64)
 PA = DesignPoint.from_dict({"ffn": {"form": "relu", "size": 8, "composition": "scaled", "scale": 4.0, "init": "lora"}})
@@ -186,7 +186,7 @@ def test_deepspeed_engine_on_cpu_matches_the_plain_pytorch_loop() -> None:
 
 @pytest.mark.slow
 def test_deepspeed_bf16_accumulates_gradients_in_fp32() -> None:
-    from trainables.engine import deepspeed_config, make_engine
+    from finetune.engine import deepspeed_config, make_engine
 
     cfg = TrainConfig.for_task("toy-cls", engine="deepspeed", precision="bf16", grad_accum=2, max_steps=4,
                                eval_every=4, **FAST)

@@ -1,4 +1,4 @@
-"""Tests for trainables.metrics: real values, hand-computed where the arithmetic is small enough to check."""
+"""Tests for finetune.metrics: real values, hand-computed where the arithmetic is small enough to check."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import sacrebleu
 from rouge_score.rouge_scorer import RougeScorer
 
-from trainables.metrics import (
+from finetune.metrics import (
     METRICS,
     ROUGE_KEYS,
     accuracy,

@@ -12,12 +12,12 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from tokenizers.processors import TemplateProcessing
 from transformers import AutoModelForSeq2SeqLM, GenerationConfig, PreTrainedTokenizerFast
 
-from trainables import models
-from trainables.designpoint import DesignPoint
-from trainables.models import build, check_fit, check_lengths
-from trainables.presets import get_preset
-from trainables.tasks import get_task
-from trainables.tiny import tiny_config
+from finetune import models
+from finetune.designpoint import DesignPoint
+from finetune.models import build, check_fit, check_lengths
+from finetune.presets import get_preset
+from finetune.tasks import get_task
+from finetune.tiny import tiny_config
 
 PA = DesignPoint.from_dict({"ffn": {"form": "relu", "size": 4}})
 

@@ -18,8 +18,8 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 # The console scripts and module commands of a checkout (pyproject's [project.scripts]; tests/test_package.py pins
 # them) -> the module whose build_parser() parses them.
-PARSERS = {"petl-search": "search.cli", "petl-report": "analysis.report", "petl-count": "trainables.count",
-           "petl-trial": "trainables.trial", "petl-submit": "search.submit", "petl-export": "trainables.export",
+PARSERS = {"petl-search": "search.cli", "petl-report": "analysis.report", "petl-count": "finetune.count",
+           "petl-trial": "finetune.trial", "petl-submit": "search.submit", "petl-export": "finetune.export",
            "search.reevaluate": "search.reevaluate"}
 NOT_OURS = ("python3 -m venv", ". .venv/bin/activate", "pip install", "mlflow ui", "python -m pytest")  # not ours
 

@@ -21,10 +21,10 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 def test_the_package_list_misses_no_package() -> None:
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(ROOT).parts) for top in ("trainables", "search", "analysis")
+    found = {".".join(p.parent.relative_to(ROOT).parts) for top in ("finetune", "search", "analysis")
              for p in (ROOT / top).rglob("__init__.py")}
-    # data folders installed as packages: spaces/ as search.spaces, the bundled configs as trainables.model_configs
-    assert listed == found | {"search.spaces", "trainables.model_configs"}
+    # data folders installed as packages: spaces/ as search.spaces, the bundled configs as finetune.model_configs
+    assert listed == found | {"search.spaces", "finetune.model_configs"}
     assert PYPROJECT["tool"]["setuptools"]["package-dir"] == {"search.spaces": "spaces"}
 
 
@@ -32,18 +32,18 @@ def test_every_data_file_matches_a_package_data_pattern() -> None:
     data = PYPROJECT["tool"]["setuptools"]["package-data"]
     assert sorted(p.name for p in ROOT.glob("spaces/*.yaml")) == sorted(shipped_spaces()[n].name
                                                                         for n in shipped_spaces())
-    assert data["search.spaces"] == ["*.yaml", "README.md"] and data["trainables"] == ["presets.yaml"]
-    assert data["trainables.model_configs"] == ["*.json"]
-    assert (ROOT / "trainables" / "presets.yaml").is_file() and len(list((ROOT / "trainables" / "model_configs")
+    assert data["search.spaces"] == ["*.yaml", "README.md"] and data["finetune"] == ["presets.yaml"]
+    assert data["finetune.model_configs"] == ["*.json"]
+    assert (ROOT / "finetune" / "presets.yaml").is_file() and len(list((ROOT / "finetune" / "model_configs")
                                                                          .glob("*.json"))) == 3
 
 
 @pytest.mark.parametrize(("script", "target"), [("petl-search", "search.cli:main"),
                                                 ("petl-report", "analysis.report:main"),
-                                                ("petl-count", "trainables.count:main"),
-                                                ("petl-trial", "trainables.trial:main"),
+                                                ("petl-count", "finetune.count:main"),
+                                                ("petl-trial", "finetune.trial:main"),
                                                 ("petl-submit", "search.submit:main"),
-                                                ("petl-export", "trainables.export:main")])
+                                                ("petl-export", "finetune.export:main")])
 def test_console_scripts_are_the_module_commands(script: str, target: str) -> None:
     assert PYPROJECT["project"]["scripts"][script] == target
     module, func = target.split(":")
@@ -59,14 +59,14 @@ def test_shipped_spaces_load_by_name_and_by_checkout_path() -> None:
 
 
 def test_the_accounting_command_reads_presets_and_bundled_configs(capsys: pytest.CaptureFixture[str]) -> None:
-    from trainables.count import main
+    from finetune.count import main
 
     assert main(["--preset", "mam", "--model", "facebook/bart-large", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["paper"] == 27_377_664  # seed_spec §3.4: MAM l=30 + r=512
 
 
 def test_the_single_trial_command_dry_runs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from trainables.trial import main
+    from finetune.trial import main
 
     assert main(["--preset", "lora_attn", "--dataset", "toy-cls", "--set", "epochs=2", "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)

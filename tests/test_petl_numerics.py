@@ -9,13 +9,13 @@ import torch
 from torch.nn import functional as F
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-from trainables.designpoint import DesignPoint, SiteSpec
-from trainables.vocabulary import Composition, Form, Init, Insertion
-from trainables.inject import fold_prefixes, inject
-from trainables.petl.composition import gated_by_concatenation
-from trainables.petl.insertion import HeadSite, SublayerSite, WeightSite
-from trainables.presets import get_preset
-from trainables.tiny import tiny_config
+from finetune.designpoint import DesignPoint, SiteSpec
+from finetune.inject import fold_prefixes, inject
+from finetune.petl.composition import gated_by_concatenation
+from finetune.petl.insertion import HeadSite, SublayerSite, WeightSite
+from finetune.presets import get_preset
+from finetune.tiny import tiny_config
+from finetune.vocabulary import Composition, Form, Init, Insertion
 
 B, T, D, H = 2, 7, 32, 4
 DH = D // H

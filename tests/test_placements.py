@@ -11,17 +11,17 @@ import torch
 from torch.nn import functional as F
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-from trainables.designpoint import DesignPoint, SiteSpec
-from trainables.vocabulary import Composition, Form, Init, Insertion, LayerNormPos
-from trainables.inject import inject
-from trainables.sitemap import get_path
-from trainables.tiny import tiny_config
+from finetune.designpoint import DesignPoint, SiteSpec
+from finetune.inject import inject
+from finetune.sitemap import get_path
+from finetune.tiny import tiny_config
+from finetune.vocabulary import Composition, Form, Init, Insertion, LayerNormPos
 
 B, T, D, H = 8, 16, 32, 4
 DH = D // H
 P = 0.5  # the model's dropout in the statistics tests
 
-# Per family, written out here rather than read from trainables.sitemap: the first layer; x, the module whose input
+# Per family, written out here rather than read from finetune.sitemap: the first layer; x, the module whose input
 # is the residual the skip connection adds back; the FFN's last projection (its output y0 goes through the layer's
 # dropout); and the point where residual + FFN output (+ Δh) is formed.
 FAMILIES = {

@@ -9,18 +9,28 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from trainables import tasks as T
-from trainables.batching import SentenceBatches, TokenBatches
-from trainables.checkpoint import load_trained
-from trainables.trainconfig import TrainConfig
-from trainables.data import toy_tokenizer
-from trainables.designpoint import DesignPoint
-from trainables.engine import TorchEngine
-from trainables.loop import (Data, Tally, evaluate, loss_of, lr_schedule, make_optimizer, prepare_data, seed_everything,
-                             train, train_step)
-from trainables.models import build
-from trainables.reporter import ListReporter
-from trainables.runconfig import resolve_run
+from finetune import tasks as T
+from finetune.batching import SentenceBatches, TokenBatches
+from finetune.checkpoint import load_trained
+from finetune.data import toy_tokenizer
+from finetune.designpoint import DesignPoint
+from finetune.engine import TorchEngine
+from finetune.loop import (
+    Data,
+    Tally,
+    evaluate,
+    loss_of,
+    lr_schedule,
+    make_optimizer,
+    prepare_data,
+    seed_everything,
+    train,
+    train_step,
+)
+from finetune.models import build
+from finetune.reporter import ListReporter
+from finetune.runconfig import resolve_run
+from finetune.trainconfig import TrainConfig
 
 PA = DesignPoint.from_dict({"ffn": {"form": "relu", "size": 8, "composition": "scaled", "scale": 4.0, "init": "lora"}})
 FAST = dict(eval_cap=32)  # recipe changes that keep the toy trainings to a second or two

@@ -129,8 +129,8 @@ def test_a_seed_is_never_a_searched_value() -> None:
 
 
 def test_the_result_memo_keys_on_the_seed(tmp_path: Path) -> None:
+    from finetune.trainconfig import TrainConfig
     from search.trainable import ResultMemo
-    from trainables.trainconfig import TrainConfig
 
     seeded = with_replicate(config(4, 1e-3), seed=5, index=0, count=2)
     cfg = TrainConfig.for_task("toy-cls", max_steps=4, **seeded["train"])
@@ -194,11 +194,11 @@ def test_study_input_errors_come_before_ray(extra: list[str], message: str, tmp_
 def test_a_front_is_priced_again_on_the_task_it_is_reevaluated_on(tmp_path: Path) -> None:
     from analysis.load import runs_to_frame
     from analysis.synthetic import synthetic_fraction, synthetic_runs
+    from finetune.accounting import count_params
+    from finetune.designpoint import DesignPoint
     from search.cli import build_parser
     from search.driver import make_searcher, plan
     from search.reevaluate import front_configs
-    from trainables.accounting import count_params
-    from trainables.designpoint import DesignPoint
 
     source = runs_to_frame(synthetic_runs(30, seed=5))  # a RoBERTa-base-sized search
     front = front_configs(source)

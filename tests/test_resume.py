@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainables.trainconfig import ENGINES, PRECISIONS, ZERO_STAGES, TrainConfig
-from trainables.loop import train
-from trainables.presets import get_preset
-from trainables.reporter import ListReporter
+from finetune.loop import train
+from finetune.presets import get_preset
+from finetune.reporter import ListReporter
+from finetune.trainconfig import ENGINES, PRECISIONS, ZERO_STAGES, TrainConfig
 
 # Small and fast: the tiny random RoBERTa of toy-cls; mam_glue trains a prefix MLP, a parallel adapter and the head.
 SETTINGS = dict(max_steps=10, eval_every=5, lr=1e-2, batch_size=8, eval_cap=16, max_length=24)

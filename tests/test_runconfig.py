@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from finetune.runconfig import resolve_run
+from finetune.trainconfig import TrainConfig
 from search.cli import build_parser
 from search.cli import main as search_main
 from search.plan import plan
 from search.scheduler import ParetoASHA
-from trainables.trainconfig import TrainConfig
-from trainables.runconfig import resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

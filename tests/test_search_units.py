@@ -196,8 +196,8 @@ def test_search_end_closes_children_left_running_as_interrupted(tmp_path: Path) 
 def test_result_memo_keys_on_what_the_trial_computes_and_records_only_full_fidelity(tmp_path: Path) -> None:
     import dataclasses
 
+    from finetune.trainconfig import TrainConfig
     from search.trainable import ResultMemo
-    from trainables.trainconfig import TrainConfig
 
     config = {"design": {"ffn": {"form": "relu", "size": 2}}}
     cfg = TrainConfig.for_task("toy-cls", max_steps=4, eval_every=2, lr=1e-3, out_dir=str(tmp_path / "a"))

@@ -8,12 +8,12 @@ import optuna
 import pytest
 import yaml
 
-from search.driver import DefineByRunSpace
+from finetune.designpoint import DesignPoint
+from finetune.presets import get_preset
+from finetune.tiny import tiny_config
 from search.branches import BranchWalker, preset_params, validate
+from search.driver import DefineByRunSpace
 from search.spacefile import load_space, parse_space
-from trainables.designpoint import DesignPoint
-from trainables.presets import get_preset
-from trainables.tiny import tiny_config
 
 SPACES = Path(__file__).resolve().parents[1] / "spaces"
 FFN = {"form": ["none", "relu"], "size": [4, 8]}
@@ -182,9 +182,9 @@ def test_the_site_check_counts_exactly_the_branches_the_sampler_can_take() -> No
     driven through every categorical path), on random small sites."""
     import random
 
+    from finetune.vocabulary import Representation
     from search.branches import SiteCheck, walk_branches
     from search.space import _dim, _site_kind, sample_site
-    from trainables.vocabulary import Representation
 
     rng = random.Random(0)
     pools = {"form": ["none", "relu", "identity", "softmax", "gelu"], "composition": ["add", "scaled", "gated"],

@@ -15,8 +15,8 @@ import optuna
 import pytest
 import yaml
 
+from finetune.trainconfig import check_setting
 from search.spacefile import load_space
-from trainables.trainconfig import check_setting
 
 SEED, CASES = 12, 300
 BASE: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""trainables.spans: the timing events the product emits for benchmarks, off unless PETL_SPANS names a folder."""
+"""finetune.spans: the timing events the product emits for benchmarks, off unless PETL_SPANS names a folder."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from trainables import spans
+from finetune import spans
 
 
 def test_off_without_the_variable_writes_nothing(tmp_path, monkeypatch):
@@ -65,6 +65,6 @@ def test_every_emitted_name_is_listed_and_every_listed_name_is_emitted():
 
     root = Path(spans.__file__).resolve().parents[1]
     pattern = re.compile(r'\b(?:span|timed|mark)\(\s*"([a-z_.]+)"')
-    emitted = {m for pkg in ("analysis", "search", "trainables") for path in (root / pkg).rglob("*.py")
+    emitted = {m for pkg in ("analysis", "search", "finetune") for path in (root / pkg).rglob("*.py")
                if path.name != "spans.py" for m in pattern.findall(path.read_text())}
     assert emitted == set(spans.NAMES)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.study import study_report as report, stats
+from benchmarks.study import stats
+from benchmarks.study import study_report as report
 from benchmarks.study.designs import load_study
 from benchmarks.study.run_study import load_tiers
 from benchmarks.study.table import run_key

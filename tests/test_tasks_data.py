@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from trainables import data as D
-from trainables.tasks import TASKS, get_task, task_names
+from finetune import data as D
+from finetune.tasks import TASKS, get_task, task_names
 
 # ----------------------------------------------------------------------------------------------- registry
 

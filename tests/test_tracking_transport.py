@@ -16,11 +16,11 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 
 from analysis.mlflow_filter import literal, runs_where, tag_filter
+from finetune.trainconfig import TrainConfig
 from search.outbox import Outbox
 from search.store import check_tracking, parent_run
 from search.tracking import MlflowSearchCallback
 from search.trainable import ResultMemo
-from trainables.trainconfig import TrainConfig
 
 AWKWARD = ["o'neil", 'say "hi"', "both ' and \"", "back\\slash", "/home/o'neil/petl runs/s", "a = 'b' or 1", ""]
 

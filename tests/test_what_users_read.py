@@ -16,12 +16,12 @@ from analysis.load import load_search, runs_to_frame
 from analysis.plots import front_figure, front_figure_html
 from analysis.report import write_report
 from analysis.synthetic import SyntheticTrial, fabricate_search, records_of, runs_of
+from finetune.designpoint import DesignPoint
+from finetune.presets import get_preset
 from search import contract as C
 from search.finish import front_table
 from search.store import parent_run
 from search.tracking import MlflowSearchCallback
-from trainables.designpoint import DesignPoint
-from trainables.presets import get_preset
 
 
 def test_a_child_run_is_named_by_its_trial_number_and_its_design_in_short() -> None:

@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from trainables.accounting import ParamCounts, count_params
-from trainables.designpoint import DesignPoint
-from trainables.vocabulary import Representation
+from finetune.accounting import ParamCounts, count_params
+from finetune.designpoint import DesignPoint
+from finetune.vocabulary import Representation
 
 DESIGNS_FILE = Path(__file__).with_name("designs.yaml")
 TAGS = ("preset", "control")  # `serves` values that are not conclusions: they take no partners
@@ -119,8 +119,8 @@ PAIR_RULES = {
 
 
 def model_config(model: str) -> Any:
-    from trainables.models import config_for
-    from trainables.tasks import get_task
+    from finetune.models import config_for
+    from finetune.tasks import get_task
 
     return config_for(get_task("sst2"), model)  # the classification config: both tiers' MiniLM is the same model
 

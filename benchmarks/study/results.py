@@ -54,7 +54,7 @@ def current(plan: TierPlan, study: Study, rows: list[dict[str, Any]]) -> dict[st
 @dataclass(frozen=True)
 class DesignResult:
     design: StudyDesign
-    fraction: float  # stored parameters / backbone parameters (trainables.accounting, the task head apart)
+    fraction: float  # stored parameters / backbone parameters (finetune.accounting, the task head apart)
     lr: float | None  # the kept lr (None until its grid is complete, or when every lr failed)
     scores: dict[int, float]  # seed -> final score of the finished runs at the kept lr
     done: int  # runs of the protocol in the table (finished or failed)

@@ -1,5 +1,5 @@
 """Run a tier of the study: every design of benchmarks/study/designs.yaml through the protocol of protocol.py, each run
-trained by the product's loop (`trainables.loop.train`) and scored by the product's `evaluate`, one JSON line per
+trained by the product's loop (`finetune.loop.train`) and scored by the product's `evaluate`, one JSON line per
 finished run in the tier's table (tiers.yaml). Resumable anywhere: the table is the state, and a run killed midway
 continues from its last evaluation (the loop's own resume state, kept under --work).
 
@@ -50,7 +50,7 @@ def code_version() -> dict[str, Any]:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "trainables", "benchmarks/study/*.py",
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "finetune", "benchmarks/study/*.py",
                                 "benchmarks/study/*.yaml"], cwd=REPO, capture_output=True, text=True,
                                check=True).stdout.strip()
         return {"commit": sha, "dirty": bool(dirty)}
@@ -60,8 +60,8 @@ def code_version() -> dict[str, Any]:
 
 def model_sha(task: str, model: str) -> str:
     """sha256 of the checkpoint's weights file: what a run's model is, wherever its folder lives."""
-    from trainables.models import resolve_model_path
-    from trainables.tasks import get_task
+    from finetune.models import resolve_model_path
+    from finetune.tasks import get_task
 
     folder = Path(resolve_model_path(get_task(task), model))
     weights = folder / "model.safetensors"

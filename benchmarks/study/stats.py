@@ -1,7 +1,7 @@
 """The study's statistics: paired differences over training seeds, their 95% t-interval, and the verdict words.
 
 Two designs of a matched pair are trained at the same seeds (the tier's seeds), and a seed fixes the order of the
-training batches whatever the design (trainables/batching.py draws it from its own generator), so the replicate is
+training batches whatever the design (finetune/batching.py draws it from its own generator), so the replicate is
 the per-seed difference d_s = score_a(s) - score_b(s), with `a` the side the paper says wins; pairing removes the
 part of the seed-to-seed noise that comes from the data order. The interval is
 Student's t over those n differences: mean(d) +- t_{0.975, n-1} * sd(d) / sqrt(n). A bootstrap would be the wrong tool

@@ -52,7 +52,7 @@ class CurveReporter:
 
 def make_config(settings: dict[str, Any], **extra: Any) -> Any:
     """The run's TrainConfig: the task's recipe with the tier's settings on top."""
-    from trainables.trainconfig import TrainConfig
+    from finetune.trainconfig import TrainConfig
 
     rest = {k: v for k, v in {**settings, **extra}.items() if k != "task"}
     return TrainConfig.for_task(settings["task"], **rest)
@@ -62,10 +62,10 @@ def final_score(model: Any, settings: dict[str, Any], final_dir: str, cap: int |
     """Accuracy of the trained model on the final split (the task's validation file in the source folder)."""
     import torch
 
-    from trainables import data as D
-    from trainables.loop import Data, evaluate
-    from trainables.metrics import get_metric
-    from trainables.models import resolve_model_path
+    from finetune import data as D
+    from finetune.loop import Data, evaluate
+    from finetune.metrics import get_metric
+    from finetune.models import resolve_model_path
 
     cfg = make_config(settings, data_dir=final_dir)
     task = cfg.resolved_task()
@@ -110,9 +110,9 @@ def _row(spec: dict[str, Any], rep: CurveReporter, steps: list[float]) -> dict[s
 
 
 def execute(spec: dict[str, Any]) -> dict[str, Any]:
-    from trainables.designpoint import DesignPoint
-    from trainables.loop import train
-    from trainables.reporter import TrialFailure
+    from finetune.designpoint import DesignPoint
+    from finetune.loop import train
+    from finetune.reporter import TrialFailure
 
     run_dir = Path(spec["run_dir"])
     rep = CurveReporter(run_dir)
@@ -129,7 +129,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     final = final_score(res.model, spec["settings"], spec["final_dir"], spec["final_cap"])
     row = {**_row(spec, rep, steps), "status": "finished", "failure": None,
            "fraction": res.counts.fraction, "counts": res.counts.to_dict(),
-           # The model is the checkpoint the run's select_metric chose on the selection split (trainables.selection):
+           # The model is the checkpoint the run's select_metric chose on the selection split (finetune.selection):
            # the final split scores it, as the paper reports the selected checkpoint.
            "selection": {"score": res.selected_score, "selected_step": res.selected_step, "last_score": res.score,
                          "eval_loss": res.last.get("eval_loss"),

@@ -1,4 +1,4 @@
-"""What `trainables.loop.train` reports at every evaluation, and to whom, without importing any of them.
+"""What `finetune.loop.train` reports at every evaluation, and to whom, without importing any of them.
 
 The loop calls `Reporter.report(metrics)`. Implementations: `search.trainable.TuneReporter` and `TrainReporter`
 (Ray Tune, Ray Train; the driver's MLflow callback logs what Ray receives, so MLflow never hears from the trial
@@ -15,7 +15,7 @@ from typing import Protocol
 # Every evaluation reports exactly these keys (plus the metric's named scores as `metric.<name>`), so schedulers,
 # trackers and analysis can rely on them. `step` counts optimizer steps: the fidelity unit of the search. `score` is
 # the task score at this step (what rungs compare); `selected_score` / `selected_step` are the checkpoint selected so
-# far by the run's select_metric and mode (the trial's result at max_steps; see trainables.selection).
+# far by the run's select_metric and mode (the trial's result at max_steps; see finetune.selection).
 REPORT_KEYS = ("step", "score", "selected_score", "selected_step", "loss", "eval_loss", "tokens_per_s", "trainable",
                "stored", "fraction", "elapsed_s")
 

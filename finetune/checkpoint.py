@@ -3,7 +3,7 @@
 A trial folder holds
     design.json           the design point (nested form) and the task/model it was trained for
     petl.safetensors      the trained parameters by name (prefix MLPs folded away: what inference needs), of the
-                          checkpoint selected by the run's select_metric / select_mode (`trainables.selection`)
+                          checkpoint selected by the run's select_metric / select_mode (`finetune.selection`)
     selected.safetensors  while training: the selected checkpoint so far, unfolded
     resume/               while training: what resuming needs (see `save_resume`); read back `weights_only`
 """
@@ -22,9 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trainables.designpoint import DesignPoint
-from trainables.engine import TorchEngine, deepspeed_load_state, deepspeed_save_state, safe_load
-from trainables.inject import Injection, fold_prefixes, inject
+from finetune.designpoint import DesignPoint
+from finetune.engine import TorchEngine, deepspeed_load_state, deepspeed_save_state, safe_load
+from finetune.inject import Injection, fold_prefixes, inject
 
 DESIGN_FILE, WEIGHTS_FILE, RESUME_DIR, STATE_FILE = "design.json", "petl.safetensors", "resume", "state.pt"
 SELECTED_FILE = "selected.safetensors"
@@ -109,7 +109,7 @@ def save_resume(folder: Path, engine: Any, step: int, extra: dict[str, Any]) -> 
 
 def load_resume(folder: Path, engine: Any) -> dict[str, Any] | None:
     """Restore the last resume point into `engine` (parameters, optimizer, schedule, RNG); returns its client
-    state (`step`, ...) or None when there is none. Files are read `weights_only`: see `trainables.engine.safe_load`.
+    state (`step`, ...) or None when there is none. Files are read `weights_only`: see `finetune.engine.safe_load`.
     """
     src = next((d for d in (folder / RESUME_DIR, folder / f"{RESUME_DIR}.old") if d.is_dir()), None)
     if src is None:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainables.petl.base import PetlModule
+from finetune.petl.base import PetlModule
 
 
 class Prompt(PetlModule):

@@ -1,6 +1,6 @@
 """The paper's vocabulary (He et al., ICLR 2022, arXiv 2110.04366, Table 1): the choices of each axis of the
 unified view, as enums whose values are what spaces, presets, Optuna and MLflow spell. What a combination of them
-means, and which combinations are allowed, is `trainables/designpoint.py`.
+means, and which combinations are allowed, is `finetune/designpoint.py`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The paper's named methods, loaded from `trainables/presets.yaml` (presets are data, not code branches; package
+"""The paper's named methods, loaded from `finetune/presets.yaml` (presets are data, not code branches; package
 data)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from trainables.designpoint import DesignPoint
+from finetune.designpoint import DesignPoint
 
 PRESETS_FILE = Path(__file__).resolve().parent / "presets.yaml"
 

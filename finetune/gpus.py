@@ -1,13 +1,13 @@
 """GPUs a cost estimate can assume: peak dense bf16 FLOP/s by name, and the default GPU and utilisation.
 
-Kept apart from `trainables.flops` (which needs transformers) so the command lines can show these defaults in
+Kept apart from `finetune.flops` (which needs transformers) so the command lines can show these defaults in
 `--help` without importing torch.
 """
 
 from __future__ import annotations
 
 DEFAULT_GPU = "A100"
-# The paper's en-ro run: about 20 h on one RTX A6000 for 50,000 steps (seed_spec §4); trainables.flops counts MAM's
+# The paper's en-ro run: about 20 h on one RTX A6000 for 50,000 steps (seed_spec §4); finetune.flops counts MAM's
 # 50,000 steps at 2.2e18 FLOPs, i.e. 30 TFLOP/s, 19% of the A6000's 154.8 TFLOP/s dense peak (evaluation included).
 DEFAULT_UTILIZATION = 0.2
 # Peak dense bf16 FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name(); first match wins. NVIDIA data

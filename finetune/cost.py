@@ -2,12 +2,12 @@
 
 Batch shapes come from one of two bases, and the plan says which:
 - `measured`: local training files and a tokenizer available offline. A seeded sample of training rows is encoded
-  exactly as a trial encodes them and batched by the trial's own sampler (`trainables.batching`); FLOPs are the mean
+  exactly as a trial encodes them and batched by the trial's own sampler (`finetune.batching`); FLOPs are the mean
   over those micro-batches (padding included, as executed), tokens the mean of real (non-padding) tokens.
 - `bound`: otherwise (hub data, or no tokenizer offline): every sequence at its maximum length, every token batch
   full. An upper bound: tight for token batches (sorted by length, they are nearly full), loose for sentence batches
   of short texts (SST-2 sentences are far below 512 tokens).
-FLOPs per micro-batch: `trainables.flops` (matrix products, honest about frozen weights). Evaluation (decoding the
+FLOPs per micro-batch: `finetune.flops` (matrix products, honest about frozen weights). Evaluation (decoding the
 dev subset) is not counted. GPU-hours = FLOPs / (peak dense bf16 FLOP/s × utilisation) / 3600, for a stated GPU and
 a stated utilisation: an assumption, not a measurement; measure yours with benchmarks/gpu_check.sh.
 """
@@ -18,10 +18,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.designpoint import DesignPoint
-from trainables.flops import Flops, Shape, micro_batch_flops
-from trainables.gpus import DEFAULT_GPU, DEFAULT_UTILIZATION, PEAK_BF16, peak_flops
-from trainables.runconfig import RunConfig
+from finetune.designpoint import DesignPoint
+from finetune.flops import Flops, Shape, micro_batch_flops
+from finetune.gpus import DEFAULT_GPU, DEFAULT_UTILIZATION, PEAK_BF16, peak_flops
+from finetune.runconfig import RunConfig
 
 SAMPLE_ROWS = 2000  # rows encoded to measure batch shapes
 SAMPLE_BATCHES = 256  # micro-batches averaged (sentence batches; token batches: all of the sample's)
@@ -73,9 +73,9 @@ def bound_batches(run: RunConfig) -> Batches:
 
 def measured_batches(run: RunConfig) -> tuple[Batches | None, str]:
     """Shapes from a sample of the local training rows, batched by the trial's sampler; (None, why) otherwise."""
-    from trainables import data as D
-    from trainables.batching import SentenceBatches, TokenBatches, item_lengths
-    from trainables.models import resolve_model_path
+    from finetune import data as D
+    from finetune.batching import SentenceBatches, TokenBatches, item_lengths
+    from finetune.models import resolve_model_path
 
     task, cfg = run.task, run.train
     if run.data.source == "hub":

@@ -19,8 +19,19 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from trainables.vocabulary import (NONE, SITES, SUBLAYER_SITES, WEIGHT_SITES, Backbone, Composition, Form, Init,
-                                   Insertion, LayerNormPos, Representation)
+from finetune.vocabulary import (
+    NONE,
+    SITES,
+    SUBLAYER_SITES,
+    WEIGHT_SITES,
+    Backbone,
+    Composition,
+    Form,
+    Init,
+    Insertion,
+    LayerNormPos,
+    Representation,
+)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Literal
 
-from trainables.vocabulary import TaskKind
+from finetune.vocabulary import TaskKind
 
 if TYPE_CHECKING:  # transformers loads on use: the task registry is read by --help and the name checks
     from transformers import PretrainedConfig
@@ -45,7 +45,7 @@ class Splits:
 
 @dataclass(frozen=True)
 class Columns:
-    """Column names in the hub rows; local files use the same names (see ``trainables.data``)."""
+    """Column names in the hub rows; local files use the same names (see ``finetune.data``)."""
 
     inputs: tuple[str, ...]  # classification: text (, text_pair); seq2seq: the source column
     target: str  # classification: the label column; seq2seq: the target text column
@@ -74,7 +74,7 @@ class Generation:
 
 @dataclass(frozen=True)
 class Recipe:
-    """The paper's training recipe for a task: the first layer of every run's settings (`trainables.runconfig`).
+    """The paper's training recipe for a task: the first layer of every run's settings (`finetune.runconfig`).
 
     Every field reaches the run: a space's fixed `train:` values and `--set` override any of them by name. Training
     length is `max_steps` or `epochs` (exactly one), the evaluation interval `eval_every` steps or epochs
@@ -132,9 +132,9 @@ class TinyModel:
     max_positions: int = 64
 
     def config(self, vocab_size: int, num_labels: int = 2) -> PretrainedConfig:
-        """Built by `trainables.tiny.tiny_config`, the one builder of tiny models (special ids <s>=0, <pad>=1,
+        """Built by `finetune.tiny.tiny_config`, the one builder of tiny models (special ids <s>=0, <pad>=1,
         </s>=2, as BART/RoBERTa and data.toy_tokenizer)."""
-        from trainables.tiny import tiny_config  # deferred: transformers loads on use (see TYPE_CHECKING above)
+        from finetune.tiny import tiny_config  # deferred: transformers loads on use (see TYPE_CHECKING above)
 
         return tiny_config(self.family, vocab_size=vocab_size, d=self.d_model, layers=self.layers, heads=self.heads,
                            ffn=self.ffn_dim, max_positions=self.max_positions, num_labels=num_labels)
@@ -150,7 +150,7 @@ class Task:
     splits: Splits
     columns: Columns
     model: str  # hub checkpoint, or "tiny-<family>" for generated tasks
-    metric: str  # name understood by trainables.metrics
+    metric: str  # name understood by finetune.metrics
     train: Recipe
     sizes: tuple[tuple[str, int], ...]  # split -> rows of the hub dataset (generated tasks: rows generated)
     sizes_source: str  # where the sizes come from: epochs become steps from them when no local files are given
@@ -301,7 +301,7 @@ _REGISTRY: tuple[Task, ...] = (
     ),
     Task(
         name="toy-cls", kind="classification",
-        hub_dataset=(), splits=Splits(), sizes=_TOY_SIZES, sizes_source="generated (trainables.data)",
+        hub_dataset=(), splits=Splits(), sizes=_TOY_SIZES, sizes_source="generated (finetune.data)",
         columns=Columns(inputs=("text",), target="label"),
         model="tiny-roberta", tiny=TinyModel(family="roberta"),
         metric="accuracy",
@@ -316,7 +316,7 @@ _REGISTRY: tuple[Task, ...] = (
     ),
     Task(
         name="toy-s2s", kind="seq2seq",
-        hub_dataset=(), splits=Splits(), sizes=_TOY_SIZES, sizes_source="generated (trainables.data)",
+        hub_dataset=(), splits=Splits(), sizes=_TOY_SIZES, sizes_source="generated (finetune.data)",
         columns=Columns(inputs=("source",), target="target"),
         # d=64: at d=32 the decoder needs ~350 steps to learn the source alignment; at 64 about 125.
         model="tiny-bart", tiny=TinyModel(family="bart", d_model=64, ffn_dim=128),
@@ -348,7 +348,7 @@ def get_task(name: str) -> Task:
 
 def data_help(task: Task) -> str:
     """What `--data-dir` must hold for `task`, in words: the training and dev files (first existing name wins) and
-    their columns, from the task's own `local_names` and `columns` (the reader is `trainables.data`)."""
+    their columns, from the task's own `local_names` and `columns` (the reader is `finetune.data`)."""
     if task.generated:
         return f"nothing: task {task.name!r} is generated in memory"
 

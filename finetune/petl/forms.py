@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from trainables.vocabulary import Form, Init, LayerNormPos
-from trainables.petl.base import PetlModule
+from finetune.petl.base import PetlModule
+from finetune.vocabulary import Form, Init, LayerNormPos
 
 ACTIVATIONS: dict[Form, type[nn.Module]] = {
     Form.RELU: nn.ReLU,

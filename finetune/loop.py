@@ -2,7 +2,7 @@
 
 Fidelity is counted in optimizer steps. Every `eval_every` steps (and at the last) the loop evaluates on the first
 `eval_cap` dev examples and reports `REPORT_KEYS`: the score at this step and the score of the checkpoint selected so
-far by the run's `select_metric` / `select_mode` (`trainables.selection`). Batches come from `trainables.batching`
+far by the run's `select_metric` / `select_mode` (`finetune.selection`). Batches come from `finetune.batching`
 (by sentences, or by padded tokens when `max_tokens` is set), addressed by step so a resumed run sees the same
 batches. A NaN or diverging loss raises `TrialFailure`.
 """
@@ -22,19 +22,19 @@ import torch
 from torch.nn import functional as F
 from transformers import get_scheduler
 
-from trainables import data as D
-from trainables.batching import SentenceBatches, TokenBatches, item_lengths, token_batches
-from trainables.checkpoint import load_resume, restore_selected, save_final, save_resume, save_selected
-from trainables.trainconfig import TrainConfig
-from trainables.accounting import ParamCounts, count_params
-from trainables.designpoint import DesignPoint
-from trainables.engine import make_engine
-from trainables.inject import inject
-from trainables.metrics import get_metric
-from trainables.models import build
-from trainables.reporter import NullReporter, Reporter, TrialFailure
-from trainables.selection import Selection
-from trainables.spans import mark, timed
+from finetune import data as D
+from finetune.accounting import ParamCounts, count_params
+from finetune.batching import SentenceBatches, TokenBatches, item_lengths, token_batches
+from finetune.checkpoint import load_resume, restore_selected, save_final, save_resume, save_selected
+from finetune.designpoint import DesignPoint
+from finetune.engine import make_engine
+from finetune.inject import inject
+from finetune.metrics import get_metric
+from finetune.models import build
+from finetune.reporter import NullReporter, Reporter, TrialFailure
+from finetune.selection import Selection
+from finetune.spans import mark, timed
+from finetune.trainconfig import TrainConfig
 
 
 @dataclass

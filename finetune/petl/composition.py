@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from trainables.petl.base import PetlModule
+from finetune.petl.base import PetlModule
 
 
 class Scale(PetlModule):

@@ -1,6 +1,6 @@
 """The plan a researcher checks before spending GPU hours: a resolved run, its data and its cost, as JSON or text.
 
-`run_plan` is what `python -m trainables.trial --dry-run` prints and what `search/run.py --dry-run` extends with
+`run_plan` is what `python -m finetune.trial --dry-run` prints and what `search/run.py --dry-run` extends with
 the scheduler, resources and trials. Building it reads no weights and starts nothing: model configs come from the
 bundled copies (or a local folder), tokenizers only from this machine.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from trainables.cost import Batches, GpuModel, bound_batches, measured_batches, trial_cost
-from trainables.designpoint import DesignPoint
-from trainables.runconfig import RunConfig
+from finetune.cost import Batches, GpuModel, bound_batches, measured_batches, trial_cost
+from finetune.designpoint import DesignPoint
+from finetune.runconfig import RunConfig
 
 FLOPS_COUNTED = ("matrix products, 2 FLOPs per multiply-add: forward; input gradients only where the input depends on "
                  "a trainable parameter; weight gradients only for trainable matrices (none for the frozen backbone)")

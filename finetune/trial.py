@@ -1,4 +1,4 @@
-"""Run one trial alone: `python -m trainables.trial --preset mam_glue --dataset sst2 --model minilm --data-dir DIR`.
+"""Run one trial alone: `python -m finetune.trial --preset mam_glue --dataset sst2 --model minilm --data-dir DIR`.
 
 Trains one design point on one task with a progress bar and prints a one-line result. The design is a preset name
 or a YAML file in the nested design-point form; any training setting can be overridden with `--set key=value`, on
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import yaml
 
-from trainables.trainconfig import parse_overrides
-from trainables.designpoint import DesignPoint
-from trainables.gpus import DEFAULT_GPU, DEFAULT_UTILIZATION
-from trainables.presets import get_preset
-from trainables.runconfig import RunConfig, resolve_run
+from finetune.designpoint import DesignPoint
+from finetune.gpus import DEFAULT_GPU, DEFAULT_UTILIZATION
+from finetune.presets import get_preset
+from finetune.runconfig import RunConfig, resolve_run
+from finetune.trainconfig import parse_overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,10 +61,10 @@ def resolve(args: argparse.Namespace) -> tuple[str, DesignPoint, RunConfig]:
 
 
 def dry_run(name: str, design: DesignPoint, run: RunConfig, args: argparse.Namespace) -> int:
-    from trainables.cost import GpuModel
-    from trainables.accounting import count_params
-    from trainables.models import check_fit, config_for
-    from trainables.runplan import cost_lines, run_lines, run_plan
+    from finetune.accounting import count_params
+    from finetune.cost import GpuModel
+    from finetune.models import check_fit, config_for
+    from finetune.runplan import cost_lines, run_lines, run_plan
 
     config = config_for(run.task, run.train.model)
     check_fit(run.task, config, design, run.train.max_length, run.train.max_target_length)
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from tqdm import tqdm
 
-    from trainables.loop import train  # heavy imports after argument errors
-    from trainables.reporter import TrialFailure
+    from finetune.loop import train  # heavy imports after argument errors
+    from finetune.reporter import TrialFailure
 
     bar = tqdm(total=cfg.max_steps, desc=f"{name} on {cfg.task}", unit="step", disable=args.json)
 

@@ -2,7 +2,7 @@
 wired by forward hooks (and, for the per-head forms and the parallel attention adapter, by transformers'
 attention-function registry), then the trainable set fixed by module type.
 
-Every hook finds its PETL module through the module it runs on (see `trainables.petl.insertion`), so
+Every hook finds its PETL module through the module it runs on (see `finetune.petl.insertion`), so
 `copy.deepcopy` of an injected model and DataParallel replicas run their own modules; `Injection.remove()` undoes
 all of it.
 """
@@ -15,15 +15,28 @@ from typing import Any
 
 from torch import nn
 
-from trainables.designpoint import DesignPoint, SiteSpec
-from trainables.vocabulary import Backbone, Insertion, Representation
-from trainables.petl.base import PetlModule, petl_named_parameters
-from trainables.petl.forms import PrefixKV
-from trainables.petl.insertion import (ATTN_IMPLEMENTATION, LINK, HeadSite, SublayerSite, WeightSite,
-                                       attn_implementation, attn_input_hook, capture_input_hook, ffn_output_hook, link,
-                                       link_hook, prefix_hook, sequential_output_hook, weight_output_hook)
-from trainables.petl.prompt import Prompt, base_mask_hook, cross_mask_hook, encoder_mask_hook, prompt_hook
-from trainables.sitemap import AttnSlot, FamilyMap, StackMap, dims, family_of, get_path, prompt_map, width
+from finetune.designpoint import DesignPoint, SiteSpec
+from finetune.petl.base import PetlModule, petl_named_parameters
+from finetune.petl.forms import PrefixKV
+from finetune.petl.insertion import (
+    ATTN_IMPLEMENTATION,
+    LINK,
+    HeadSite,
+    SublayerSite,
+    WeightSite,
+    attn_implementation,
+    attn_input_hook,
+    capture_input_hook,
+    ffn_output_hook,
+    link,
+    link_hook,
+    prefix_hook,
+    sequential_output_hook,
+    weight_output_hook,
+)
+from finetune.petl.prompt import Prompt, base_mask_hook, cross_mask_hook, encoder_mask_hook, prompt_hook
+from finetune.sitemap import AttnSlot, FamilyMap, StackMap, dims, family_of, get_path, prompt_map, width
+from finetune.vocabulary import Backbone, Insertion, Representation
 
 
 @dataclass
@@ -163,7 +176,7 @@ def set_trainable(model: nn.Module, dp: DesignPoint, fam: FamilyMap) -> None:
     """Freeze by structure: backbone per `dp.backbone`, every PetlModule trains, the task head iff chosen.
 
     A task head is not part of the backbone: with train_task_head false it stays frozen, BitFit's biases included,
-    which is what `trainables.accounting` counts."""
+    which is what `finetune.accounting` counts."""
     petl = {id(p) for _, p in petl_named_parameters(model)}
     for name, p in model.named_parameters():
         if id(p) in petl:
@@ -202,7 +215,7 @@ def inject(model: nn.Module, dp: DesignPoint) -> Injection:
     Raises ValueError, before changing anything, for an unsupported model type or class, a model that already
     carries a design, and BitFit on a backbone without biases.
     """
-    from trainables.accounting import check_bitfit
+    from finetune.accounting import check_bitfit
 
     fam = family_of(model.config)
     if any(isinstance(m, PetlModule) for m in model.modules()):

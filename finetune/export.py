@@ -1,7 +1,7 @@
-"""Export a trained design for use outside this tool: `python -m trainables.export TRIAL_DIR --out DIR`.
+"""Export a trained design for use outside this tool: `python -m finetune.export TRIAL_DIR --out DIR`.
 
 TRIAL_DIR is a trial folder (`<search>/trials/<id>/`, or a `petl-trial --out` folder): `design.json` and
-`petl.safetensors` (`trainables.checkpoint`). Two formats:
+`petl.safetensors` (`finetune.checkpoint`). Two formats:
 
 - `peft`: PEFT's adapter format (`adapter_config.json` + `adapter_model.safetensors`), loaded with
   `PeftModel.from_pretrained(base, DIR)`, for designs PEFT computes exactly (`peft_refusal` says why not otherwise):
@@ -9,7 +9,7 @@ TRIAL_DIR is a trial folder (`<search>/trials/<id>/`, or a `petl-trial --out` fo
   rate for every LoRA site, on projections that are not fused. Our Δ = s·B·A·dropout(x) is PEFT's
   lora_B(lora_A(lora_dropout(x)))·scaling with scaling = lora_alpha / r, so lora_alpha = s·r (per module through
   rank_pattern / alpha_pattern when sites differ); biases none; a trained task head goes in `modules_to_save`.
-- `petl` (every design): our two files, loaded with `trainables.checkpoint.load_trained(model, DIR)` onto a fresh
+- `petl` (every design): our two files, loaded with `finetune.checkpoint.load_trained(model, DIR)` onto a fresh
   model of the same architecture.
 
 Not PEFT-expressible, each for a reason checked in PEFT's code (the message says which): prefix tuning (PEFT passes
@@ -29,13 +29,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trainables.designpoint import DesignPoint
-from trainables.vocabulary import Backbone, Composition, Form, Representation
+from finetune.designpoint import DesignPoint
+from finetune.vocabulary import Backbone, Composition, Form, Representation
 
 PEFT, PETL, AUTO = "peft", "petl", "auto"
 PETL_FILES = ("design.json", "petl.safetensors")
 FALLBACK = ("use --format petl (design.json + petl.safetensors, loaded with "
-            "trainables.checkpoint.load_trained(model, DIR))")
+            "finetune.checkpoint.load_trained(model, DIR))")
 
 
 def peft_refusal(design: DesignPoint) -> str | None:
@@ -76,7 +76,7 @@ def _refuse(reason: str) -> ValueError:
 
 def _lora_sites(injected: Any) -> dict[str, Any]:
     """Host module name -> its WeightSite, in the injected model."""
-    from trainables.petl.insertion import WeightSite
+    from finetune.petl.insertion import WeightSite
 
     sites = {}
     for name, module in injected.named_modules():
@@ -116,8 +116,8 @@ def export_peft(folder: str | Path, base: Any, out: str | Path) -> Path:
     import torch
     from peft import get_peft_model
 
-    from trainables.checkpoint import load_trained, read_design
-    from trainables.inject import task_head_modules
+    from finetune.checkpoint import load_trained, read_design
+    from finetune.inject import task_head_modules
 
     design, _ = read_design(folder)
     reason = peft_refusal(design)
@@ -155,9 +155,9 @@ def export_petl(folder: str | Path, out: str | Path) -> Path:
 
 def base_model(folder: str | Path, model: str | None) -> Any:
     """The pretrained model the trial was trained on (or `model`), built as the trial built it."""
-    from trainables.checkpoint import read_design
-    from trainables.models import build
-    from trainables.tasks import get_task
+    from finetune.checkpoint import read_design
+    from finetune.models import build
+    from finetune.tasks import get_task
 
     design, meta = read_design(folder)
     model = model or meta.get("model")
@@ -171,7 +171,7 @@ def base_model(folder: str | Path, model: str | None) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainables.export", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m finetune.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("trial", metavar="TRIAL_DIR", type=Path, help="a trial folder: design.json + petl.safetensors")
     p.add_argument("--out", metavar="DIR", type=Path, required=True, help="where to write the export (created)")
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from trainables.checkpoint import read_design
+        from finetune.checkpoint import read_design
 
         missing = [n for n in PETL_FILES if not (args.trial / n).is_file()]
         if missing:
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.format == PETL or reason:
             out = export_petl(args.trial, args.out)
             why = f" (not PEFT: {reason})" if reason and args.format == AUTO else ""
-            print(f"wrote {out} in the petl format{why}; load it with trainables.checkpoint.load_trained(model, "
+            print(f"wrote {out} in the petl format{why}; load it with finetune.checkpoint.load_trained(model, "
                   f"{str(out)!r}) on a fresh model of the same architecture")
             return 0
         out = export_peft(args.trial, base_model(args.trial, args.model), args.out)

@@ -1,4 +1,4 @@
-"""Examples in one normalised shape, tokenisation and padding for every task in ``trainables.tasks``.
+"""Examples in one normalised shape, tokenisation and padding for every task in ``finetune.tasks``.
 
 ``load_examples`` returns plain dicts, so that data problems (missing file, missing column, a label outside
 the task's set, an empty split) fail *before* a model is downloaded or a step is taken:
@@ -38,7 +38,7 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from tokenizers.processors import TemplateProcessing
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from trainables.tasks import Task
+from finetune.tasks import Task
 
 Example = dict[str, Any]
 
@@ -96,7 +96,7 @@ def local_file(task: Task, split: str, data_dir: str | Path) -> Path:
     tried = ", ".join(str(data_dir / n) for n in names)
     raise FileNotFoundError(
         f"task {task.name!r} split {split!r} needs a data file, none found; tried {tried}. "
-        f"Write the split to one of {list(names)} (formats: see trainables.data)"
+        f"Write the split to one of {list(names)} (formats: see finetune.data)"
     )
 
 

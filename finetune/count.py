@@ -1,4 +1,4 @@
-"""What will this design cost on my model?  `python -m trainables.count --preset mam --model facebook/bart-large`
+"""What will this design cost on my model?  `python -m finetune.count --preset mam --model facebook/bart-large`
 
 MODEL is a hub name, a local model folder or a config.json; the paper's backbones are bundled, so they work offline.
 """
@@ -9,8 +9,8 @@ import argparse
 import json
 import sys
 
-from trainables.presets import load_presets
-from trainables.vocabulary import TASK_KINDS
+from finetune.presets import load_presets
+from finetune.vocabulary import TASK_KINDS
 
 JSON_KEYS = ("trainable", "stored", "paper", "backbone", "fraction", "paper_percent", "petl_trainable", "task_head")
 
@@ -35,9 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_and_kind(args: argparse.Namespace) -> tuple[object, str | None, str]:
     """(model config, head kind, what was priced) from --model / --dataset / --kind."""
-    from trainables.hubconfigs import load_config
-    from trainables.models import config_for, resolve_model_path
-    from trainables.tasks import get_task
+    from finetune.hubconfigs import load_config
+    from finetune.models import config_for, resolve_model_path
+    from finetune.tasks import get_task
 
     if args.dataset is not None:
         task = get_task(args.dataset)
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.preset or not (args.model or args.dataset):
         parser.error("--preset and --model (or --dataset) are required (or --list-presets)")
-    from trainables.accounting import count_params
-    from trainables.presets import get_preset
+    from finetune.accounting import count_params
+    from finetune.presets import get_preset
 
     try:
         preset = get_preset(args.preset)

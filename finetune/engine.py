@@ -3,7 +3,7 @@
 Both expose the same four calls the loop uses: `engine(**batch)`, `engine.backward(loss)`, `engine.step()` (an
 optimizer step only at a gradient-accumulation boundary, with clipping) and `engine.module`. What a resumed trial
 needs beyond its parameters is `TorchEngine.state_dict()` or, for DeepSpeed, its own checkpoint API
-(`deepspeed_save_state`: the fp32 master copy, ZeRO shards, schedule, loss scale); `trainables.checkpoint` writes
+(`deepspeed_save_state`: the fp32 master copy, ZeRO shards, schedule, loss scale); `finetune.checkpoint` writes
 both into a trial's resume folder. Every such file is read back with `safe_load` (`weights_only=True`): resume state
 lives in shared storage, and an unpickled file there would run code on every worker that resumes.
 """
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables.trainconfig import TrainConfig
+from finetune.trainconfig import TrainConfig
 
 
 class TorchEngine:

@@ -1,6 +1,6 @@
 """The training settings of one trial: what to train on and how, separate from the design point being trained.
 
-A `TrainConfig` is never assembled by hand from defaults: `trainables.runconfig.resolve_run` builds it once per
+A `TrainConfig` is never assembled by hand from defaults: `finetune.runconfig.resolve_run` builds it once per
 search (or single trial) from the task's recipe, the space's fixed `train:` values and `--set`, in that order, and
 each trial gets it with its sampled settings applied (`RunConfig.trial_config`). Fields a recipe sets have no
 default here, so the recipe is their only source; the defaults below are for settings no recipe has an opinion on.
@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.tasks import get_task
+from finetune.tasks import get_task
 
 ENGINES = ("auto", "torch", "deepspeed")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -83,7 +83,7 @@ class TrainConfig:
     @classmethod
     def for_task(cls, task_name: str, **overrides: Any) -> TrainConfig:
         """The task's recipe with `overrides` on top (`model`, `data_dir`, `out_dir` included): one resolution."""
-        from trainables.runconfig import resolve_run
+        from finetune.runconfig import resolve_run
 
         run_keys = {k: overrides.pop(k) for k in ("model", "data_dir", "out_dir") if k in overrides}
         run = resolve_run(task_name, model=run_keys.get("model"), data_dir=run_keys.get("data_dir"),
@@ -156,7 +156,7 @@ def check_setting(name: str, value: Any) -> None:
 
 def select_metrics(metric_name: str) -> tuple[str, ...]:
     """What a checkpoint can be selected on: the eval loss, or one of the scores the task's metric returns."""
-    from trainables.metrics import get_metric
+    from finetune.metrics import get_metric
 
     return ("loss", *get_metric(metric_name).scores)
 

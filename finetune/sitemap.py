@@ -2,7 +2,7 @@
 
 Paths are relative to a layer of a stack; stack paths are relative to the model's `base_model` (so the same map serves
 `BartForConditionalGeneration` and `BartForSequenceClassification`). Dimensions come from the config alone, which is
-what lets `trainables.accounting` price a design before any model exists.
+what lets `finetune.accounting` price a design before any model exists.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from trainables.vocabulary import TaskKind
+from finetune.vocabulary import TaskKind
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ def family_of(config: PretrainedConfig | Any) -> FamilyMap:
             return fam
     raise ValueError(
         f"model type {model_type!r} has no site map, so PETL modules cannot be placed in it; supported model types: "
-        f"{list(SUPPORTED)}. Add a FamilyMap to trainables/sitemap.py to support it"
+        f"{list(SUPPORTED)}. Add a FamilyMap to finetune/sitemap.py to support it"
     )
 
 

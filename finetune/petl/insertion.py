@@ -6,7 +6,7 @@ frozen model, attached by forward hooks so the pretrained modules and their para
     per head:   head ← head ⊕ Δ(q)   Δ reads the head's query, inside the attention function (`petl_attention`)
 
 The forms Δ are `forms.py`; ⊕ is `composition.py` (every site calls `compose`; the gated per-head form is
-`gated_by_concatenation`). Which module of each architecture is each representation is `trainables/sitemap.py`.
+`gated_by_concatenation`). Which module of each architecture is each representation is `finetune/sitemap.py`.
 
 Hooks are module-level functions bound (functools.partial) to names only; each finds its PETL module through the
 module it is called on. A deep copy or a DataParallel replica therefore runs its own modules, never the original's,
@@ -31,12 +31,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.pytorch_utils import Conv1D
 
-from trainables.designpoint import SiteSpec
-from trainables.vocabulary import Composition, Form, Init, Insertion
-from trainables.petl.base import PetlModule
-from trainables.petl.composition import Scale, compose, expand_heads, gated_by_concatenation
-from trainables.petl.forms import ACTIVATIONS, Bottleneck, head_form
-from trainables.sitemap import get_path
+from finetune.designpoint import SiteSpec
+from finetune.petl.base import PetlModule
+from finetune.petl.composition import Scale, compose, expand_heads, gated_by_concatenation
+from finetune.petl.forms import ACTIVATIONS, Bottleneck, head_form
+from finetune.sitemap import get_path
+from finetune.vocabulary import Composition, Form, Init, Insertion
 
 ATTN_IMPLEMENTATION = "petl_sdpa"
 

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
-from trainables.designpoint import DesignPoint, SiteSpec
-from trainables.sitemap import Dims, Proj, dims, family_of, prompt_map, width
-from trainables.vocabulary import TASK_KINDS, Backbone, Insertion, LayerNormPos, Representation
+from finetune.designpoint import DesignPoint, SiteSpec
+from finetune.sitemap import Dims, Proj, dims, family_of, prompt_map, width
+from finetune.vocabulary import TASK_KINDS, Backbone, Insertion, LayerNormPos, Representation
 
 # He et al. anchor every percentage on "prefix l=200 = 3.6%", i.e. N / 409.6M, for BART *and* mBART (seed spec §3.2).
 PAPER_DENOMINATOR = {"bart": 409_600_000, "mbart": 409_600_000}
@@ -123,7 +123,7 @@ def default_task(config: PretrainedConfig) -> str:
 def _backbone_stats(config_json: str, model_type: str, task: str) -> BackboneStats:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-    from trainables.inject import task_head_modules
+    from finetune.inject import task_head_modules
 
     config = AutoConfig.for_model(model_type, **_config_dict(config_json))
     auto = {"seq2seq": AutoModelForSeq2SeqLM, "classification": AutoModelForSequenceClassification,
