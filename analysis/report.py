@@ -13,20 +13,18 @@ import from here (``update_search_report``, ``write_report``, ...) are forwarded
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from finetune.lazy import lazy_getattr
 
 _PUBLISHED = ("ARTIFACT_DIR", "HYPERVOLUME_METRIC", "ReportResult", "log_report", "trials_table",
               "update_search_report", "write_report")
 
 
-def __getattr__(name: str) -> object:
-    # PEP 562: `from analysis.report import write_report` keeps working without this module importing pandas.
-    if name not in _PUBLISHED:
-        raise AttributeError(f"module 'analysis.report' has no attribute {name!r}")
-    return getattr(importlib.import_module("analysis.publish"), name)
+# PEP 562: `from analysis.report import write_report` keeps working without this module importing pandas.
+__getattr__ = lazy_getattr("analysis.report", dict.fromkeys(_PUBLISHED, "analysis.publish"))
 
 
 def build_parser() -> argparse.ArgumentParser:

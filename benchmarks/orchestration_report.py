@@ -38,46 +38,46 @@ REFRESH_PARTS = ("report.load", "report.importance", "report.effects", "report.f
                  "report.figure.front_figure_html", "report.figure.importance_figure_png")
 
 
+def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table under its `### title`: header, rule, one line per row."""
+    return [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
 def overhead_table(results: list[dict]) -> list[str]:
-    lines = ["### Overhead per trial (seconds), concurrency 2, smoke space, tiny real trials", "",
-             "| scenario | trials | worker processes | whole search s | Tune fit s | sum train s | per trial, whole "
-             "(literal / at c=2) | per trial, fit only (literal / at c=2) | per trial, steady state at c=2 | "
-             "target <= 0.5 s (c=2, steady) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    header = ["scenario", "trials", "worker processes", "whole search s", "Tune fit s", "sum train s",
+              "per trial, whole (literal / at c=2)", "per trial, fit only (literal / at c=2)",
+              "per trial, steady state at c=2", "target <= 0.5 s (c=2, steady)"]
+    rows = []
     for r in results:
         s = summarize(r)
-        lines.append(f"| {r['scenario']} | {s['n']} | {s['workers']} | {s['wall']:.1f} | {s['fit']:.1f} | "
-                     f"{s['train_sum']:.1f} | {s['lit_whole']:.2f} / {s['c2_whole']:.2f} | "
-                     f"{s['lit_fit']:.2f} / {s['c2_fit']:.2f} | {s['steady_c2']:.2f} | "
-                     f"{'PASS' if s['steady_c2'] <= 0.5 else 'FAIL'} |")
-    return lines
+        rows.append([r["scenario"], str(s["n"]), str(s["workers"]), f"{s['wall']:.1f}", f"{s['fit']:.1f}",
+                     f"{s['train_sum']:.1f}", f"{s['lit_whole']:.2f} / {s['c2_whole']:.2f}",
+                     f"{s['lit_fit']:.2f} / {s['c2_fit']:.2f}", f"{s['steady_c2']:.2f}",
+                     "PASS" if s["steady_c2"] <= 0.5 else "FAIL"])
+    return _table("Overhead per trial (seconds), concurrency 2, smoke space, tiny real trials", header, rows)
 
 
 def breakdown_table(results: list[dict]) -> list[str]:
-    lines = ["### Breakdown (driver-side spans, seconds; per trial = total / trials)", "",
-             "| part | " + " | ".join(r["scenario"] for r in results) + " |", "|---|" + "---|" * len(results)]
-    for key, label in PARTS.items():
-        cells = []
-        for r in results:
-            v, c = r["timers"].get(key), r["counts"].get(key, 0)
-            cells.append("" if v is None else f"{v:.2f} ({c}x, {v / r['trials']:.3f}/trial)")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines
+    def cell(r: dict, key: str) -> str:
+        v, c = r["timers"].get(key), r["counts"].get(key, 0)
+        return "" if v is None else f"{v:.2f} ({c}x, {v / r['trials']:.3f}/trial)"
+
+    return _table("Breakdown (driver-side spans, seconds; per trial = total / trials)",
+                  ["part", *(r["scenario"] for r in results)],
+                  [[label, *(cell(r, key) for r in results)] for key, label in PARTS.items()])
 
 
 def latency_table(results: list[dict]) -> list[str]:
-    lines = ["### Per-trial latencies (means, seconds; from the workers' spans)", "",
-             "| scenario | launch (suggest -> trial entered) | pre-train in worker (imports, build) | train | "
-             "tail (train end -> searcher told) | train() returned | final checkpoints / full-fidelity |",
-             "|---|---|---|---|---|---|---|"]
+    header = ["scenario", "launch (suggest -> trial entered)", "pre-train in worker (imports, build)", "train",
+              "tail (train end -> searcher told)", "train() returned", "final checkpoints / full-fidelity"]
+    rows = []
     for r in results:
         pt = r["per_trial"]
-        ret = sum(p["train_returned"] for p in pt)
-        lines.append(f"| {r['scenario']} | {_mean([p['launch'] for p in pt]):.2f} | "
-                     f"{_mean([p['pre_train'] for p in pt]):.2f} | {_mean([p['train'] for p in pt]):.2f} | "
-                     f"{_mean([p['tail'] for p in pt]):.2f} | {ret}/{len(pt)} | "
-                     f"{r['final_checkpoints']}/{r['n_full_fidelity']} |")
-    return lines
+        means = [f"{_mean([p[k] for p in pt]):.2f}" for k in ("launch", "pre_train", "train", "tail")]
+        rows.append([r["scenario"], *means, f"{sum(p['train_returned'] for p in pt)}/{len(pt)}",
+                     f"{r['final_checkpoints']}/{r['n_full_fidelity']}"])
+    return _table("Per-trial latencies (means, seconds; from the workers' spans)", header, rows)
 
 
 def refresh_table(results: list[dict]) -> list[str]:

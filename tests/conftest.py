@@ -27,3 +27,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def ray_shutdown_after_module():
+    """One local Ray for a module's real searches (the first starts it), shut down when the module is done so the
+    next module's searches start their own."""
+    yield
+    import ray
+
+    ray.shutdown()

@@ -17,15 +17,7 @@ from mlflow.tracking import MlflowClient
 from search.cli import main as search_main
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray_once():
-    yield
-    import ray
-
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_shutdown_after_module")]
 
 
 def children(client: MlflowClient, parent_id: str) -> list:

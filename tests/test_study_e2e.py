@@ -14,15 +14,7 @@ from analysis.load import load_search
 from search.cli import main as search_main
 from search.reevaluate import main as reevaluate_main
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray_once():
-    yield
-    import ray
-
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_shutdown_after_module")]
 
 
 def write_space(tmp_path: Path, lr: object) -> Path:

