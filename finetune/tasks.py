@@ -211,7 +211,7 @@ _REGISTRY: tuple[Task, ...] = (
         hub_dataset=("wmt16", "ro-en"),  # spec §4 data: HF wmt16 ro-en 610,320/1,999/1,999
         splits=Splits(),
         sizes=(("train", 610_320), ("validation", 1_999), ("test", 1_999)),
-        sizes_source="seed_spec §4 (HF wmt16 ro-en)",
+        sizes_source="HF dataset card wmt16, config ro-en",
         columns=Columns(inputs=("en",), target="ro", nested="translation"),
         model="facebook/mbart-large-cc25",  # spec §4 checkpoint
         src_lang="en_XX", tgt_lang="ro_RO",  # spec §4 checkpoint: src en_XX, tgt ro_RO
@@ -242,7 +242,7 @@ _REGISTRY: tuple[Task, ...] = (
         hub_dataset=("xsum",),  # spec §4 data: HF xsum 204,045/11,332/11,334
         splits=Splits(),
         sizes=(("train", 204_045), ("validation", 11_332), ("test", 11_334)),
-        sizes_source="seed_spec §4 (HF xsum)",
+        sizes_source="HF dataset card xsum",
         columns=Columns(inputs=("document",), target="summary"),
         model="facebook/bart-large",  # spec §4 checkpoint
         metric="rouge",  # spec §4 test metric: rouge_score with stemmer, F1 x100
@@ -271,7 +271,7 @@ _REGISTRY: tuple[Task, ...] = (
         # spec §4: dev = validation_matched (9,815); MNLI-mm is evaluated on the full mismatched set
         splits=Splits(validation="validation_matched", test=None, extra=("validation_mismatched",)),
         sizes=(("train", 392_702), ("validation_matched", 9_815), ("validation_mismatched", 9_832)),
-        sizes_source="HF dataset card nyu-mll/glue, config mnli (dev 9,815 also in seed_spec §4)",
+        sizes_source="HF dataset card nyu-mll/glue, config mnli",
         columns=Columns(inputs=("premise", "hypothesis"), target="label"),
         model="roberta-base",  # spec §4 checkpoint
         metric="accuracy",  # spec §4 test metric
@@ -290,7 +290,7 @@ _REGISTRY: tuple[Task, ...] = (
         hub_dataset=("glue", "sst2"),  # spec §4 data: HF glue; dev = validation (872)
         splits=Splits(test=None),
         sizes=(("train", 67_349), ("validation", 872), ("test", 1_821)),
-        sizes_source="HF dataset card nyu-mll/glue, config sst2 (dev 872 also in seed_spec §4)",
+        sizes_source="HF dataset card nyu-mll/glue, config sst2",
         columns=Columns(inputs=("sentence",), target="label"),
         model="roberta-base",  # spec §4 checkpoint
         metric="accuracy",

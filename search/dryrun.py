@@ -92,7 +92,8 @@ def search_plan(p: SearchPlan, gpu: GpuModel) -> dict[str, Any]:
                    "workers_per_trial": t.workers_per_trial, "concurrency": p.concurrency,
                    "max_failures": p.max_failures, "address": p.address or "local (a private Ray instance)"},
         sampler={"kind": p.sampler_kind, "seed": p.seed, "max_param_fraction": t.max_param_fraction},
-        storage=str(p.storage / p.name), tracking_uri=p.tracking_uri, experiment=p.experiment)
+        storage=str(p.storage / p.name), tracking_uri=p.tracking_uri, experiment=p.experiment,
+        unavailable=p.unavailable)
     return plan
 
 
@@ -145,5 +146,7 @@ def print_plan(p: SearchPlan, args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(plan, default=str))
         return
-    print("\n".join([f"plan: search {p.name!r} of {p.task.name}; nothing was started (--dry-run)",
-                     *run_lines(plan), *search_lines(plan), *cost_lines(plan)]))
+    # Said first and last: the plan is readable anywhere, but a run on this machine would stop on it
+    warning = [f"warning: a run on this machine would stop before Ray: {p.unavailable}"] if p.unavailable else []
+    print("\n".join([f"plan: search {p.name!r} of {p.task.name}; nothing was started (--dry-run)", *warning,
+                     *run_lines(plan), *search_lines(plan), *cost_lines(plan), *warning]))

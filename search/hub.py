@@ -43,14 +43,15 @@ class Missing:
     hub_silent: bool = False  # the hub was asked and did not answer
 
 
-def check_available(task: Task, model_path: str | None, data_dir: str | None) -> None:
+def check_available(task: Task, model_path: str | None, data_dir: str | None, *, ask_hub: bool = True) -> None:
     """Raise SearchError when the weights, the tokenizer or the data of this search cannot be had on this machine:
     ONE line naming every missing thing (the model and the data are both checked first, so the user fixes both at
     once), the flags that supply them (--model DIR; --data-dir DIR with what it must hold for the task) and
     HF_HUB_OFFLINE. `model_path` is where the weights come from (`finetune.models.resolve_model_path`; None: a
-    tiny model built from config)."""
-    missing = [m for m in (_check_model(model_path) if model_path is not None else None,
-                           _check_dataset(task) if data_dir is None and not task.generated else None) if m]
+    tiny model built from config). `ask_hub=False` (--dry-run) judges from this machine alone: what is neither local
+    nor cached counts as available unless HF_HUB_OFFLINE is set (only the hub could say)."""
+    missing = [m for m in (_check_model(model_path, ask_hub) if model_path is not None else None,
+                           _check_dataset(task, ask_hub) if data_dir is None and not task.generated else None) if m]
     if missing:
         raise SearchError(one_line(missing, task))
 
@@ -75,7 +76,7 @@ def one_line(missing: list[Missing], task: Task) -> str:
     return line
 
 
-def _check_model(model: str) -> Missing | None:
+def _check_model(model: str, ask_hub: bool = True) -> Missing | None:
     folder = Path(model).expanduser()
     if folder.is_dir():
         groups = (("config.json", ("config.json",)), ("weights", WEIGHTS), ("tokenizer files", TOKENIZER))
@@ -93,7 +94,7 @@ def _check_model(model: str) -> Missing | None:
     if offline():
         return Missing(f"model {model!r} is not in the Hugging Face cache of this machine (missing {lacking})",
                        f"pass {MODEL_FLAG} with a saved copy (save_pretrained, its tokenizer included)", offline=True)
-    return _ask_hub(model, "model", f"model {model!r}", MODEL_FLAG)
+    return _ask_hub(model, "model", f"model {model!r}", MODEL_FLAG) if ask_hub else None
 
 
 def _uncached_model_files(repo: str) -> list[str]:
@@ -105,14 +106,14 @@ def _uncached_model_files(repo: str) -> list[str]:
     return [kind for kind, names in groups if not any(cached(n) for n in names)]
 
 
-def _check_dataset(task: Task) -> Missing | None:
+def _check_dataset(task: Task, ask_hub: bool = True) -> Missing | None:
     name = "/".join(task.hub_dataset)
     if _dataset_cached(task.hub_dataset[0]):
         return None
     if offline("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         return Missing(f"dataset {name!r} (task {task.name!r}) is not in the Hugging Face cache of this machine",
                        f"pass {DATA_FLAG} with the task's files", offline=True)
-    return _ask_hub(task.hub_dataset[0], "dataset", f"dataset {name!r}", DATA_FLAG)
+    return _ask_hub(task.hub_dataset[0], "dataset", f"dataset {name!r}", DATA_FLAG) if ask_hub else None
 
 
 def _dataset_cached(repo: str) -> bool:

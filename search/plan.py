@@ -105,6 +105,7 @@ class SearchPlan:
     seeds: tuple[int, ...] = (0,)  # each design's replicate training seeds (search.studyplan.replicate_seeds)
     study: tuple[dict[str, Any], ...] | None = None  # a study's fixed configs (a grid, a given front); None: optimize
     best_lr: bool = False  # --seeds-at-best-lr
+    unavailable: str | None = None  # --dry-run only: why a run would stop here (weights or data not on this machine)
 
     @property
     def task(self) -> Task:
@@ -132,8 +133,7 @@ def plan(args: argparse.Namespace) -> SearchPlan:
                           world=args.workers_per_trial)
         model_config = config_for(run.task, run.train.model)
         check_model_fits(run.task, model_config, model_phrase(args.model, space.model, space.path, run.task))
-        if not getattr(args, "dry_run", False):  # a plan may be read anywhere; a search needs weights and data here
-            check_available(run.task, resolve_model_path(run.task, run.train.model), args.data_dir)
+        unavailable = _availability(run, args)
         _check_lengths(run, model_config, sampled)  # before Ray starts
         schedule = _schedule(args, run)
         space = dataclasses.replace(space, train=sampled)  # fixed settings live in `run`; the sampler samples the rest
@@ -160,7 +160,7 @@ def plan(args: argparse.Namespace) -> SearchPlan:
                       experiment=args.experiment or name, num_samples=trials, concurrency=args.concurrency,
                       max_failures=args.max_failures, address=args.address, sampler_kind=args.sampler, seed=args.seed,
                       reference=task_reference(run.task, run.train), seeds=tuple(seeds),
-                      study=tuple(study) if study is not None else None, best_lr=best_lr)
+                      study=tuple(study) if study is not None else None, best_lr=best_lr, unavailable=unavailable)
 
 
 def _check_lengths(run: RunConfig, config: Any, sampled: dict[str, Any]) -> None:
@@ -200,6 +200,19 @@ def resolve_study_flags(args: argparse.Namespace) -> None:
         raise SearchError("--seeds-at-best-lr chooses each design's lr among a grid's listed values; it needs "
                           "--sampler grid")
     args.scheduler = args.scheduler or ("none" if study else "pareto")
+
+
+def _availability(run: RunConfig, args: argparse.Namespace) -> str | None:
+    """A search stops here when its weights or data cannot be had (search.hub). A --dry-run plan may be read on any
+    machine, so it only reports what a run would stop on, judged without asking the hub."""
+    dry = bool(getattr(args, "dry_run", False))
+    try:
+        check_available(run.task, resolve_model_path(run.task, run.train.model), args.data_dir, ask_hub=not dry)
+    except SearchError as err:
+        if not dry:
+            raise
+        return str(err)
+    return None
 
 
 def task_reference(task: Task, train: Any) -> Any:

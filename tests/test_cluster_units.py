@@ -251,3 +251,20 @@ def test_errors_that_will_repeat_fail_the_trial_and_others_are_retried() -> None
         assert not deterministic(err), err
     assert failure_reason(ValueError("bad value\nmore")) == "ValueError: bad value"
     assert failure_reason(TrialFailure("loss diverged", 5)) == "loss diverged"
+
+
+def test_without_address_the_search_starts_a_private_ray_and_never_joins_one_on_the_machine(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 16 item 2: a cluster a `ray start` left on this machine (or RAY_ADDRESS naming it) must not be joined:
+    # plain ray.init() connects to it and the search dies with someone else's cluster. address="local" always
+    # starts a new instance; --address is the only way to join one.
+    import search.tuner as T
+
+    calls: list[dict] = []
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    monkeypatch.setattr(T.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(T.ray, "init", lambda **kw: calls.append(kw))
+    T._init_ray(None, 2)
+    T._init_ray("10.0.0.5:6379", None)
+    assert [c["address"] for c in calls] == ["local", "10.0.0.5:6379"]
+    assert (calls[0]["num_cpus"], calls[0]["include_dashboard"]) == (2, False)

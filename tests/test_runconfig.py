@@ -71,7 +71,7 @@ def test_en_ro_plan_is_the_recipe(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert (t["dropout"], t["attention_dropout"], t["select_metric"], t["select_mode"]) == (0.1, 0.0, "loss", "min")
     assert (t["lr"], t["label_smoothing"], t["weight_decay"], t["schedule"]) == (5e-5, 0.1, 0.01, "polynomial")
     assert p["data"] == {"source": "hub", "where": "wmt16/ro-en", "train_rows": 610_320, "eval_rows": 1_600,
-                         "basis": "recorded size: seed_spec §4 (HF wmt16 ro-en)"}
+                         "basis": "recorded size: HF dataset card wmt16, config ro-en"}
     assert p["sampled"] == ["lr"] and p["origin"]["lr"] == "space (sampled)" and p["trials"] == 8
     mam = next(c for c in p["cost"]["per_trial"] if c["design"] == "mam")
     # Bound basis: 4 full micro-batches of 4,096 source + 4,096 target tokens per step, 50,000 steps.
@@ -237,3 +237,21 @@ def test_a_dry_run_starts_nothing_and_writes_nothing(tmp_path: Path) -> None:
                  "scheduler pareto: grace period 3,000 steps, reduction factor 3, rungs decide at steps 3,000, 9,000, "
                  "27,000, 81,000", "nothing was started (--dry-run)"):
         assert line in out.stdout
+
+
+def test_a_dry_run_says_what_a_run_on_this_machine_would_stop_on(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # The plan is readable anywhere (exit 0), but the user who checks it before spending GPU hours is told, first
+    # and last, that this machine has neither mBART's weights nor the en-ro data (issue 16: --dry-run said nothing).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
+    code = search_main(["--space", "spaces/full.yaml", "--dataset", "en-ro", "--dry-run", "--storage",
+                        str(tmp_path / "runs")])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert lines[1] == lines[-1]
+    assert lines[1].startswith("warning: a run on this machine would stop before Ray: model "
+                               "'facebook/mbart-large-cc25' is not in the Hugging Face cache")
+    assert "--model DIR" in lines[1] and "--data-dir DIR" in lines[1] and "HF_HUB_OFFLINE" in lines[1]
+    unavailable = dry_plan(capsys, tmp_path, "--dataset", "en-ro", "--name", "j")["unavailable"]
+    assert unavailable == lines[1].split("Ray: ", 1)[1]
