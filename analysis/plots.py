@@ -246,7 +246,7 @@ def hover_text(row: Mapping[str, object], group: Mapping[str, object] | None = N
 def front_figure_html(df: pd.DataFrame, path: str | Path, title: str | None = None,
                       reference: Reference | None = None) -> Path:
     """Interactive version of the front; self-contained (plotly.js embedded: users may have no internet)."""
-    import plotly.graph_objects as go  # lazy: plotly import costs ~1 s
+    import plotly.graph_objects as go  # deferred on purpose: plotly import costs ~1 s
 
     path, ref = Path(path), reference or reference_of(df)
     groups = design_groups(df)

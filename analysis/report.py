@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.experiment and not args.parent_run_id:
         parser.error("give --experiment NAME or --parent-run-id ID")
-    # Deferred on purpose: pandas, MLflow, Optuna and matplotlib take seconds to import; --help needs none of them.
+    # deferred on purpose: pandas, MLflow, Optuna and matplotlib take seconds to import; --help needs none of them.
     from analysis.design import reference_of
     from analysis.load import SearchNotFoundError, TrackingUnreachableError, load_search, make_client
     from analysis.publish import ARTIFACT_DIR, log_report, write_report

@@ -15,12 +15,20 @@ count for BitFit, the task head) come from instantiating the architecture on the
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import asdict, dataclass
 
 import torch
-from transformers import AutoConfig, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+)
 
 from finetune.designpoint import DesignPoint, SiteSpec
+from finetune.inject import task_head_modules
 from finetune.sitemap import Dims, Proj, dims, family_of, prompt_map, width
 from finetune.vocabulary import TASK_KINDS, Backbone, Insertion, LayerNormPos, Representation
 
@@ -121,10 +129,6 @@ def default_task(config: PretrainedConfig) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _backbone_stats(config_json: str, model_type: str, task: str) -> BackboneStats:
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
-
-    from finetune.inject import task_head_modules
-
     config = AutoConfig.for_model(model_type, **_config_dict(config_json))
     auto = {"seq2seq": AutoModelForSeq2SeqLM, "classification": AutoModelForSequenceClassification,
             "causal": AutoModelForCausalLM}[task]
@@ -143,8 +147,6 @@ def _backbone_stats(config_json: str, model_type: str, task: str) -> BackboneSta
 
 
 def _config_dict(config_json: str) -> dict:
-    import json
-
     data = json.loads(config_json)
     data.pop("model_type", None)
     return data

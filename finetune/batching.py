@@ -46,6 +46,7 @@ class SentenceBatches:
         if self.lengths is None:
             return _permutation(self.n, self.seed + epoch)
         if self._cached is None or self._cached[0] != (epoch, width):
+            # deferred on purpose: transformers' trainer utilities load only for length-grouped batches
             from transformers.trainer_pt_utils import get_length_grouped_indices
 
             gen = torch.Generator().manual_seed(self.seed + epoch)

@@ -73,6 +73,7 @@ def bound_batches(run: RunConfig) -> Batches:
 
 def measured_batches(run: RunConfig) -> tuple[Batches | None, str]:
     """Shapes from a sample of the local training rows, batched by the trial's sampler; (None, why) otherwise."""
+    # deferred on purpose: tokenizers and the model stack load only when a measured estimate is asked for
     from finetune import data as D
     from finetune.batching import SentenceBatches, TokenBatches, item_lengths
     from finetune.models import resolve_model_path

@@ -9,7 +9,8 @@ import argparse
 import json
 import sys
 
-from finetune.presets import load_presets
+from finetune.presets import get_preset, load_presets
+from finetune.tasks import get_task
 from finetune.vocabulary import TASK_KINDS
 
 JSON_KEYS = ("trainable", "stored", "paper", "backbone", "fraction", "paper_percent", "petl_trainable", "task_head")
@@ -35,9 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_and_kind(args: argparse.Namespace) -> tuple[object, str | None, str]:
     """(model config, head kind, what was priced) from --model / --dataset / --kind."""
+    # deferred on purpose: hubconfigs and models load transformers and torch; --help and --list-presets need neither
     from finetune.hubconfigs import load_config
     from finetune.models import config_for, resolve_model_path
-    from finetune.tasks import get_task
 
     if args.dataset is not None:
         task = get_task(args.dataset)
@@ -57,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.preset or not (args.model or args.dataset):
         parser.error("--preset and --model (or --dataset) are required (or --list-presets)")
-    from finetune.accounting import count_params
-    from finetune.presets import get_preset
+    from finetune.accounting import count_params  # deferred on purpose: torch and transformers, after argument errors
 
     try:
         preset = get_preset(args.preset)

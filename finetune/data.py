@@ -190,7 +190,7 @@ def _load_hub(task: Task, split: str, limit: int | None) -> tuple[list[Example],
             f"task {task.name!r}: {err}. Final numbers go on split {task.report_split!r}; "
             "for other splits pass --data-dir with local files"
         ) from None
-    from datasets import load_dataset  # imported here: only the hub path pays for it
+    from datasets import load_dataset  # deferred on purpose: only the hub path pays for it
 
     spec = hub_split if limit is None else f"{hub_split}[:{limit}]"
     rows = load_dataset(*task.hub_dataset, split=spec)

@@ -82,6 +82,7 @@ DS_TAG = "deepspeed"
 def _deepspeed_safe_globals() -> list[Any]:
     """The plain-data classes DeepSpeed's optimizer checkpoints pickle (loss scalers, the ZeRO stage enum, the
     fragment addresses of bf16/ZeRO flat buffers): allow-listed for `weights_only` loading; nothing else is."""
+    # deferred on purpose: DeepSpeed loads only for DeepSpeed checkpoints
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
@@ -110,7 +111,7 @@ def _use_safe_loading(engine: Any) -> None:
     `checkpoint_engine` is the attribute every non-MoE `load_checkpoint` path reads files through;
     tests/test_resume.py plants a pickle in a DeepSpeed checkpoint and fails if DeepSpeed stops reading through it.
     """
-    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine  # deferred on purpose: DeepSpeed runs only
 
     class SafeCheckpointEngine(TorchCheckpointEngine):
         def load(self, path: str, map_location: Any = None) -> Any:
@@ -151,7 +152,7 @@ def _free_port() -> int:
 
 def _init_single_process_dist() -> None:
     """DeepSpeed needs a process group; one local rank, on a free port so concurrent trials never clash."""
-    import deepspeed
+    import deepspeed  # deferred on purpose: DeepSpeed runs only
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
@@ -191,7 +192,7 @@ def make_engine(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
         return TorchEngine(model, optimizer, scheduler, cfg, device)
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
+    import deepspeed  # deferred on purpose: after DS_ACCELERATOR is set, and only for DeepSpeed runs
 
     # The shared-memory allreduce op only helps multi-rank CPU runs; skipping its JIT build saves ~50 s per machine.
     comm = sys.modules.get("deepspeed.comm.torch")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.designpoint import DesignPoint
+from finetune.tasks import get_task
 from finetune.vocabulary import Backbone, Composition, Form, Representation
 
 PEFT, PETL, AUTO = "peft", "petl", "auto"
@@ -76,7 +77,7 @@ def _refuse(reason: str) -> ValueError:
 
 def _lora_sites(injected: Any) -> dict[str, Any]:
     """Host module name -> its WeightSite, in the injected model."""
-    from finetune.petl.insertion import WeightSite
+    from finetune.petl.insertion import WeightSite  # deferred on purpose: torch and transformers; --help needs neither
 
     sites = {}
     for name, module in injected.named_modules():
@@ -91,7 +92,7 @@ def _lora_sites(injected: Any) -> dict[str, Any]:
 
 def lora_config(design: DesignPoint, sites: dict[str, Any], heads: list[str], base_name: str | None) -> Any:
     """PEFT's LoraConfig for `sites` (host name -> WeightSite): lora_alpha = s·r per module."""
-    from peft import LoraConfig
+    from peft import LoraConfig  # deferred on purpose: PEFT loads torch and transformers
 
     def rank_alpha(site: Any) -> tuple[int, float]:
         r = int(site.delta.down.out_features)
@@ -113,6 +114,7 @@ def export_peft(folder: str | Path, base: Any, out: str | Path) -> Path:
     """Write the trial in `folder` as a PEFT LoRA adapter under `out`, for the pretrained model `base` (left
     untouched: a fresh model of the trial's architecture with its pretrained weights). Raises ValueError with one
     line when PEFT cannot compute the design exactly."""
+    # deferred on purpose: torch, PEFT and the model stack load only when an export runs, never for --help
     import torch
     from peft import get_peft_model
 
@@ -155,9 +157,9 @@ def export_petl(folder: str | Path, out: str | Path) -> Path:
 
 def base_model(folder: str | Path, model: str | None) -> Any:
     """The pretrained model the trial was trained on (or `model`), built as the trial built it."""
+    # deferred on purpose: checkpoint and models load torch and transformers
     from finetune.checkpoint import read_design
     from finetune.models import build
-    from finetune.tasks import get_task
 
     design, meta = read_design(folder)
     model = model or meta.get("model")
@@ -186,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from finetune.checkpoint import read_design
+        from finetune.checkpoint import read_design  # deferred on purpose: torch, after argument errors
 
         missing = [n for n in PETL_FILES if not (args.trial / n).is_file()]
         if missing:

@@ -215,7 +215,7 @@ def inject(model: nn.Module, dp: DesignPoint) -> Injection:
     Raises ValueError, before changing anything, for an unsupported model type or class, a model that already
     carries a design, and BitFit on a backbone without biases.
     """
-    from finetune.accounting import check_bitfit
+    from finetune.accounting import check_bitfit  # deferred on purpose: breaks the accounting -> inject cycle
 
     fam = family_of(model.config)
     if any(isinstance(m, PetlModule) for m in model.modules()):

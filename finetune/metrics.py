@@ -41,7 +41,7 @@ def _check_pair(metric: str, predictions: Sequence[Any], references: Sequence[An
 
 @cache
 def _bleu_scorer(tokenize: str | None, smooth_method: str) -> BLEU:
-    from sacrebleu.metrics import BLEU
+    from sacrebleu.metrics import BLEU  # deferred on purpose: only BLEU tasks load sacreBLEU
 
     return BLEU(tokenize=tokenize, smooth_method=smooth_method)
 
@@ -55,7 +55,7 @@ def bleu(hypotheses: list[str], references: list[str]) -> float:
 @lru_cache(maxsize=1)
 def _moses_ro() -> tuple[MosesPunctNormalizer, MosesTokenizer]:
     """Built once per process: the Moses objects compile hundreds of regexes."""
-    from sacremoses import MosesPunctNormalizer, MosesTokenizer
+    from sacremoses import MosesPunctNormalizer, MosesTokenizer  # deferred on purpose: only WMT ro pays for it
 
     normalizer = MosesPunctNormalizer(lang="ro", pre_replace_unicode_punct=True, post_remove_control_chars=True)
     return normalizer, MosesTokenizer(lang="ro")
@@ -113,7 +113,7 @@ def split_sentences(text: str) -> list[str]:
 
 @lru_cache(maxsize=1)
 def _rouge_scorer() -> RougeScorer:
-    from rouge_score.rouge_scorer import RougeScorer
+    from rouge_score.rouge_scorer import RougeScorer  # deferred on purpose: only ROUGE tasks load it
 
     return RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
 

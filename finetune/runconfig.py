@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from finetune.tasks import Task, get_task
-from finetune.trainconfig import TrainConfig, check_setting, coerce, field_kinds
+from finetune.tasks import Task, get_task, task_names
+from finetune.trainconfig import RULES, TrainConfig, check_setting, coerce, field_kinds
 
 RESERVED = ("task", "model", "data_dir", "out_dir")  # what a run is, not how it trains: never a layer's setting
 LENGTH_KEYS, INTERVAL_KEYS = ("max_steps", "epochs"), ("eval_every", "eval_epochs")
@@ -113,9 +113,6 @@ def settings_help() -> list[str]:
     """One line per setting `--set` (or a space's `train:`) accepts: its type, its default and its rule. The default
     is the task's recipe (`recipe_settings`; one value when every task agrees, else per task, `-` where a recipe
     leaves it to its other form, e.g. epochs vs max_steps) or, for settings no recipe sets, TrainConfig's own."""
-    from finetune.tasks import get_task, task_names
-    from finetune.trainconfig import RULES
-
     recipes = {name: recipe_settings(get_task(name)) for name in task_names()}
     own = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     lines = []
@@ -197,7 +194,7 @@ def _check_sampled(sampled: Mapping[str, Sequence[Any]], values: Mapping[str, An
 def plan_data(task: Task, data_dir: str | None, train_limit: int | None, eval_cap: int | None,
               seed: int) -> DataPlan:
     """Rows a trial will read. Local files are read in full (validating every row before any compute)."""
-    from finetune import data as D
+    from finetune import data as D  # deferred on purpose: data loads torch and tokenizers; resolving a run stays light
 
     def capped(n: int, cap: int | None) -> int:
         return min(n, cap) if cap else n

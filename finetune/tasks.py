@@ -134,7 +134,7 @@ class TinyModel:
     def config(self, vocab_size: int, num_labels: int = 2) -> PretrainedConfig:
         """Built by `finetune.tiny.tiny_config`, the one builder of tiny models (special ids <s>=0, <pad>=1,
         </s>=2, as BART/RoBERTa and data.toy_tokenizer)."""
-        from finetune.tiny import tiny_config  # deferred: transformers loads on use (see TYPE_CHECKING above)
+        from finetune.tiny import tiny_config  # deferred on purpose: transformers loads on use (TYPE_CHECKING)
 
         return tiny_config(self.family, vocab_size=vocab_size, d=self.d_model, layers=self.layers, heads=self.heads,
                            ffn=self.ffn_dim, max_positions=self.max_positions, num_labels=num_labels)

@@ -14,6 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
+from finetune.metrics import get_metric
 from finetune.tasks import get_task
 
 ENGINES = ("auto", "torch", "deepspeed")
@@ -83,7 +86,7 @@ class TrainConfig:
     @classmethod
     def for_task(cls, task_name: str, **overrides: Any) -> TrainConfig:
         """The task's recipe with `overrides` on top (`model`, `data_dir`, `out_dir` included): one resolution."""
-        from finetune.runconfig import resolve_run
+        from finetune.runconfig import resolve_run  # deferred on purpose: breaks the runconfig -> trainconfig cycle
 
         run_keys = {k: overrides.pop(k) for k in ("model", "data_dir", "out_dir") if k in overrides}
         run = resolve_run(task_name, model=run_keys.get("model"), data_dir=run_keys.get("data_dir"),
@@ -156,8 +159,6 @@ def check_setting(name: str, value: Any) -> None:
 
 def select_metrics(metric_name: str) -> tuple[str, ...]:
     """What a checkpoint can be selected on: the eval loss, or one of the scores the task's metric returns."""
-    from finetune.metrics import get_metric
-
     return ("loss", *get_metric(metric_name).scores)
 
 
@@ -174,8 +175,6 @@ def field_kinds() -> dict[str, tuple[str, bool]]:
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`KEY=VALUE` strings from the command line (`--set lr=3e-4`) with YAML-typed values; `train.` prefix optional."""
-    import yaml
-
     out = {}
     for item in items:
         key, sep, value = item.partition("=")

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from tqdm import tqdm
 
 from finetune.designpoint import DesignPoint
 from finetune.gpus import DEFAULT_GPU, DEFAULT_UTILIZATION
@@ -61,6 +62,7 @@ def resolve(args: argparse.Namespace) -> tuple[str, DesignPoint, RunConfig]:
 
 
 def dry_run(name: str, design: DesignPoint, run: RunConfig, args: argparse.Namespace) -> int:
+    # deferred on purpose: accounting, cost and models load torch and transformers; --help needs neither
     from finetune.accounting import count_params
     from finetune.cost import GpuModel
     from finetune.models import check_fit, config_for
@@ -92,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from tqdm import tqdm
-
-    from finetune.loop import train  # heavy imports after argument errors
+    from finetune.loop import train  # deferred on purpose: torch and the training stack, after argument errors
     from finetune.reporter import TrialFailure
 
     bar = tqdm(total=cfg.max_steps, desc=f"{name} on {cfg.task}", unit="step", disable=args.json)

@@ -58,7 +58,8 @@ def _widen(mask: Tensor, n: int, at: int) -> Tensor:
 def encoder_mask_hook(l: int, at: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """Pre-hook on an encoder that builds its mask from the T-long input embeddings (BART/mBART): hand it the
     (T + l)-long mask already in the form its attention implementation wants (transformers passes 4-D masks on)."""
-    from transformers.masking_utils import create_bidirectional_mask  # where BART's own encoder builds its mask
+    # deferred on purpose: transformers loads on use; this is where BART's own encoder builds its mask
+    from transformers.masking_utils import create_bidirectional_mask
 
     call = _bind(module, args, kwargs)
     mask = call.get("attention_mask")
