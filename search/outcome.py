@@ -79,9 +79,14 @@ class Outcome:
 def tally(results: Iterable[Any], requested: int, max_steps: int) -> Outcome:
     """An `Outcome` from the public parts of a Ray Tune ResultGrid's results: `metrics` (the last result) and `error`.
 
-    A trial ended when it errored or when its last result carries Ray's `done` flag, which Ray sets when the trial's
-    function returns and when the scheduler stops it. A trial a stop signal (Ctrl-C, SIGTERM, a preemption) caught
-    mid-training has neither, although Ray reports it TERMINATED after its cleanup: it is interrupted, not stopped.
+    A trial ended when it errored, when its last result carries Ray's `done` flag (set when the scheduler stops it
+    and when its function returns), or when that last result is one the trial function only reports as it returns
+    (full fidelity reached, over the budget, failed). A trial a stop signal (Ctrl-C, SIGTERM, a preemption) caught
+    mid-training has none of these, although Ray reports it TERMINATED after its cleanup: it is interrupted.
+    The terminal report counts by itself because `done` can be missing from a restored search: when a function
+    returns, Ray (2.60) sets `done` in place on the trial's last result, which does not refresh the trial's cached
+    JSON, so an experiment snapshot taken just before keeps `done: false` for a TERMINATED trial, and `--resume` of a
+    complete search then read its finished trial as interrupted (exit 4).
     """
     from search.searcher import outcome  # deferred on purpose: it imports Ray; --help reads this module
 
@@ -89,8 +94,9 @@ def tally(results: Iterable[Any], requested: int, max_steps: int) -> Outcome:
     counts = {"finished": 0, "stopped": 0, "failed": 0, "skipped": 0, C.INTERRUPTED: 0}
     for r in results:
         metrics = r.metrics or {}
-        ended = r.error is not None or bool(metrics.get("done"))
-        counts[outcome(metrics, max_steps, error=r.error is not None) if ended else C.INTERRUPTED] += 1
+        kind = outcome(metrics, max_steps, error=r.error is not None)
+        ended = r.error is not None or bool(metrics.get("done")) or kind != "stopped"
+        counts[kind if ended else C.INTERRUPTED] += 1
     return Outcome(requested, counts, max(0, requested - len(results)))
 
 

@@ -171,6 +171,11 @@ FAILED = ({"failed": 1, "step": 3, "done": True}, None)
 CRASHED = ({"step": 5, "score": 0.1}, RuntimeError("x"))
 CAUGHT_BY_A_SIGNAL = ({"step": 5, "score": 0.5}, None)
 NEVER_REPORTED = ({}, None)
+# What a restored search can read for trials that ended: Ray sets `done` in place when a function returns, and an
+# experiment snapshot taken just before keeps `done: false` (seen twice in test_reliability_e2e's resume here).
+RETURNED_SNAPSHOT_WITHOUT_DONE = ({"step": 10, "score": 0.8, "done": False}, None)
+SKIPPED_SNAPSHOT_WITHOUT_DONE = ({"over_budget": 1, "step": 0, "done": False}, None)
+FAILED_SNAPSHOT_WITHOUT_DONE = ({"failed": 1, "step": 3, "done": False}, None)
 
 
 def test_the_state_of_a_search_from_its_trials() -> None:
@@ -187,6 +192,15 @@ def test_the_state_of_a_search_from_its_trials() -> None:
     assert o.state(interrupted=True, cluster_lost=True, queued=True) == "interrupted"
     assert o.state(interrupted=False, cluster_lost=True, queued=False) == "cluster_lost"
     assert o.state(interrupted=False, cluster_lost=False, queued=False) == "incomplete"
+
+
+def test_a_restored_trial_whose_last_report_was_terminal_has_ended_without_rays_done_flag() -> None:
+    """--resume of a complete search exited 4 ("1 interrupted") when the snapshot Ray restored lacked `done`."""
+    o = O.tally(grid(RETURNED_SNAPSHOT_WITHOUT_DONE, SKIPPED_SNAPSHOT_WITHOUT_DONE, FAILED_SNAPSHOT_WITHOUT_DONE,
+                     CAUGHT_BY_A_SIGNAL), requested=4, max_steps=10)
+    assert o.counts == {"finished": 1, "stopped": 0, "failed": 1, "skipped": 1, "interrupted": 1}
+    assert O.tally(grid(RETURNED_SNAPSHOT_WITHOUT_DONE), requested=1, max_steps=10).state(
+        interrupted=False, cluster_lost=False, queued=False) == "complete"
 
 
 def test_a_trial_caught_by_ctrl_c_is_interrupted_not_early_stopped(tmp_path: Path) -> None:
