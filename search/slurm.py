@@ -154,7 +154,10 @@ def ray_node(head: bool, head_address: str | None, first_index: int = 0) -> int:
         cmd.append(f"--num-gpus={os.environ['SLURM_GPUS_ON_NODE']}")
     cmd += ["--head", f"--port={base}", f"--ray-client-server-port={base + 1}", "--include-dashboard=false"] \
         if head else [f"--address={head_address}"]
-    proc = subprocess.Popen(cmd)
+    # The job script stops its Ray steps only once the search has ended, and `scancel --signal=TERM` reaches every
+    # process of the step, the head's GCS included: Ray's drain on SIGTERM would then wait its whole timeout (30 s by
+    # default) for a GCS that is gone, holding the allocation for nothing. A value the user exported still wins.
+    proc = subprocess.Popen(cmd, env={"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **os.environ})
     stop = lambda signum, frame: proc.send_signal(signal.SIGTERM)  # `ray start --block` then ends its node
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

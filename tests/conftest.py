@@ -10,6 +10,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# Ray re-nices its worker processes (the trials) by +15: on a machine shared with low-priority work (a nice-19 study)
+# the suite's trials would compete with it as equals instead of running at the suite's own priority. Asserted nowhere.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -13,7 +13,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -44,6 +47,21 @@ def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | No
         time.sleep(0.2)
 
 
+def act_when(steps: list[tuple[Any, str, subprocess.Popen, Any]], timeout_s: float) -> None:
+    """For each (predicate, what, driver, action): run `action` once `predicate` holds, polling all of them together;
+    fails as `wait_for` does when a driver ends before its `what`, or the time runs out."""
+    pending, deadline = list(steps), time.time() + timeout_s
+    while pending:
+        for step in list(pending):
+            ready, what, proc, action = step
+            if ready():
+                action()
+                pending.remove(step)
+            elif proc.poll() is not None or time.time() > deadline:
+                wait_for(lambda: False, 0, what, proc)  # raises, with the driver's output
+        time.sleep(0.2)
+
+
 def resume_points(tmp_path: Path, name: str) -> list[Path]:
     return list((tmp_path / "runs" / name / "trials").glob("*/resume"))
 
@@ -53,17 +71,18 @@ def steps_of(client: MlflowClient, parent_id: str) -> dict[str, list[int]]:
             for r in children(client, parent_id)}
 
 
-@pytest.fixture
-def cluster():
+@contextmanager
+def two_node_cluster() -> Iterator[Any]:
     """Two 1-CPU Ray nodes on this machine in a private temp dir; every node's processes ended at the end. Not bound
     to 127.0.0.1: Ray rewrites a loopback address to the host's own IP when a driver connects, so a GCS listening on
-    loopback only is never reached."""
+    loopback only is never reached. The head's dashboard agent gets a free port, so two such clusters can run at once
+    (Ray's default, 52365, would collide)."""
     from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix="petl-rc-", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
     c = Cluster()
     try:
-        c.add_node(num_cpus=1, temp_dir=temp, include_dashboard=False)  # the head
+        c.add_node(num_cpus=1, temp_dir=temp, include_dashboard=False, dashboard_agent_listen_port=free_port())
         c.add_node(num_cpus=1, temp_dir=temp)
         c.wait_for_nodes()
         yield c
@@ -72,22 +91,50 @@ def cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_trials_run_on_both_nodes_and_a_killed_worker_node_loses_no_evaluation(tmp_path: Path, cluster) -> None:
-    space = write_space(tmp_path, {"lr": 3.0e-3, "max_steps": 60, "eval_every": 15})
-    cmd, env = driver(tmp_path, space, "multi", "--address", cluster.address, "--num-samples", "2",
-                      "--concurrency", "2", "--max-failures", "2", "--rerun-duplicates")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+def start_driver(tmp_path: Path, name: str, max_steps: int, eval_every: int, *extra: str) -> subprocess.Popen:
+    space = write_space(tmp_path, {"lr": 3.0e-3, "max_steps": max_steps, "eval_every": eval_every})
+    cmd, env = driver(tmp_path, space, name, "--num-samples", "2", "--concurrency", "2", *extra)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
-    try:
-        # 1 CPU per node, 1 per trial: two trials with a resume point at once means one ran on each node.
-        wait_for(lambda: len(resume_points(tmp_path, "multi")) == 2, 240, "both trials' first evaluation", proc)
-        worker = next(n for n in cluster.list_all_nodes() if n is not cluster.head_node)
-        cluster.remove_node(worker, allow_graceful=False)  # its raylet and workers killed mid-trial
-        out, _ = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, out[-4000:]
+
+
+def test_two_clusters_at_once_a_killed_worker_node_loses_no_evaluation_and_a_lost_head_ends_the_search(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two searches, each on its own two-node cluster, at the same time (their Ray starts and failure detection
+    overlap): on the first, trials run on both nodes and killing the worker node loses no evaluation; on the second,
+    losing the head ends the search non-zero with the parent not finished."""
+    multi, headless = tmp_path_factory.mktemp("multi"), tmp_path_factory.mktemp("headless")
+    with two_node_cluster() as cluster, two_node_cluster() as other:
+        proc = start_driver(multi, "multi", 60, 15, "--address", cluster.address, "--max-failures", "2",
+                            "--rerun-duplicates")
+        lost = start_driver(headless, "headless", 400, 5, "--address", other.address)
+        try:
+            worker = next(n for n in cluster.list_all_nodes() if n is not cluster.head_node)
+            act_when([  # whichever search gets there first: each kill comes while its trials train
+                # 1 CPU per node, 1 per trial: two trials with a resume point at once means one ran on each node.
+                (lambda: len(resume_points(multi, "multi")) == 2, "both trials' first evaluation", proc,
+                 lambda: cluster.remove_node(worker, allow_graceful=False)),  # its raylet and workers killed
+                (lambda: len(resume_points(headless, "headless")) >= 1, "a first evaluation", lost,
+                 lambda: other.remove_node(other.head_node, allow_graceful=False)),  # GCS and raylet killed
+            ], 240)
+            lost_out, _ = lost.communicate(timeout=300)
+            other.shutdown()  # its headless worker node would train on until its own GCS timeout, slowing the first
+            out, _ = proc.communicate(timeout=400)
+        finally:
+            for p in (proc, lost):
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+    check_no_evaluation_lost(multi, proc.returncode, out)
+    assert lost.returncode == 5, lost_out[-4000:]  # before: 0 about a minute later, parent left RUNNING
+    client = MlflowClient(tracking_uri=f"sqlite:///{headless / 'mlflow.db'}")
+    parent = client.get_run(the_parent(client))
+    assert parent.info.status == "FAILED" and parent.data.tags["petl.search_state"] == "cluster_lost"
+    status = json.loads((headless / "runs" / "headless" / "status.json").read_text())
+    assert (status["state"], status["exit_code"]) == ("cluster_lost", 5)
+
+
+def check_no_evaluation_lost(tmp_path: Path, code: int, out: str) -> None:
+    assert code == 0, out[-4000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent_id = the_parent(client)
     runs = children(client, parent_id)
@@ -97,27 +144,6 @@ def test_trials_run_on_both_nodes_and_a_killed_worker_node_loses_no_evaluation(t
     assert list(steps_of(client, parent_id).values()) == [[15, 30, 45, 60]] * 2
     assert len(list((tmp_path / "runs" / "multi").glob("*/error.txt"))) == 1, out[-3000:]
     assert json.loads((tmp_path / "runs" / "multi" / "status.json").read_text())["state"] == "complete"
-
-
-def test_a_lost_head_ends_the_search_non_zero_with_the_parent_not_finished(tmp_path: Path, cluster) -> None:
-    space = write_space(tmp_path, {"lr": 3.0e-3, "max_steps": 400, "eval_every": 5})
-    cmd, env = driver(tmp_path, space, "headless", "--address", cluster.address, "--num-samples", "2",
-                      "--concurrency", "2")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    try:
-        wait_for(lambda: len(resume_points(tmp_path, "headless")) >= 1, 240, "a first evaluation", proc)
-        cluster.remove_node(cluster.head_node, allow_graceful=False)  # GCS and raylet killed
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 5, out[-4000:]  # before: 0 about a minute later, parent left RUNNING
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    parent = client.get_run(the_parent(client))
-    assert parent.info.status == "FAILED" and parent.data.tags["petl.search_state"] == "cluster_lost"
-    status = json.loads((tmp_path / "runs" / "headless" / "status.json").read_text())
-    assert (status["state"], status["exit_code"]) == ("cluster_lost", 5)
 
 
 def test_sigint_stops_with_130_an_interrupted_parent_and_resume_loses_no_evaluation(tmp_path: Path) -> None:
@@ -169,7 +195,8 @@ def test_a_ray_job_submitted_to_a_local_head_completes_and_its_results_outlive_t
                              f"--ray-client-server-port={client_port}",
                              f"--dashboard-agent-listen-port={free_port()}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled",  # the job is over when it stops:
+                                 "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"})  # nothing to drain, no 30 s wait
     try:
         space = write_space(tmp_path, {"lr": 3.0e-3, "max_steps": 4, "eval_every": 2})
         argv = ["ray-job", "--address", f"http://127.0.0.1:{dash}", "--python", sys.executable, "--follow", "--",

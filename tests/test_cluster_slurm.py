@@ -1,7 +1,8 @@
 """`petl-submit slurm` on a real two-node SLURM (munged, slurmctld, two slurmd on 127.0.0.1): the job's private Ray
 cluster spans both nodes, the search ends COMPLETED with every trial finished, and nothing is left running; a job
-whose Ray head is killed ends FAILED. Uses the SLURM that `.ci/run` started (SLURM_CONF), else starts its own with
-`.ci/slurm_up` and ends it by PID. Skipped only where sbatch does not exist."""
+whose Ray head is killed ends FAILED. The two jobs are queued together, so their Ray starts and searches overlap.
+Uses the SLURM that `.ci/run` started (SLURM_CONF), else starts its own with `.ci/slurm_up` and ends it by PID.
+Skipped only where sbatch does not exist."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def slurm_env():
         yield env
         return
     folder = tempfile.mkdtemp(prefix="petl-slurm-", dir="/tmp")
-    up = subprocess.run([str(ROOT / ".ci" / "slurm_up"), folder], capture_output=True, text=True, timeout=300)
+    # 2 CPUs per node, as .ci/run starts it: the test's two jobs (1 CPU per node each) run at the same time
+    up = subprocess.run([str(ROOT / ".ci" / "slurm_up"), folder, "2"], capture_output=True, text=True, timeout=300)
     try:
         assert up.returncode == 0, up.stderr
         env["SLURM_CONF"] = f"{folder}/slurm.conf"
@@ -86,8 +88,46 @@ def job_processes(job: str) -> list[int]:
     return pids
 
 
-def test_a_two_node_slurm_job_completes_every_trial_and_leaves_nothing_running(tmp_path: Path, slurm_env) -> None:
-    job = submit(tmp_path, slurm_env, "slurm2", "--num-samples", "4", "--concurrency", "2")
+def head_killed(env: dict, job: str, folder: Path) -> bool:
+    """Once the job's search has written a trial's first resume point, SIGKILL its head node's GCS and raylet (by
+    PID); True once done. Fails if the job ends (or its limit passes) before that."""
+    if not list((folder / "runs" / "headless" / "trials").glob("*/resume")):
+        return False
+    head = f"petl-ray-{job}-0"
+    for pid in job_processes(job):  # the head node's GCS and raylet, by PID
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        if head in cmd and ("gcs_server" in cmd or "raylet" in cmd.split("\0")[0]):
+            os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def test_two_slurm_jobs_at_once_one_completes_every_trial_one_whose_ray_head_is_killed_ends_failed(
+        tmp_path_factory: pytest.TempPathFactory, slurm_env) -> None:
+    """Both jobs in the queue together (each node has 2 CPUs, each job takes 1 per node), so their Ray starts and
+    searches overlap: the two-node job completes every trial and leaves nothing running; the other, whose Ray head is
+    killed after its first evaluation, ends FAILED with the cluster-lost exit code."""
+    done, dead = tmp_path_factory.mktemp("slurm2"), tmp_path_factory.mktemp("headless")
+    job = submit(done, slurm_env, "slurm2", "--num-samples", "4", "--concurrency", "2")
+    space_steps = ("--set", "max_steps=400", "--set", "eval_every=5")
+    killed_job = submit(dead, slurm_env, "headless", "--num-samples", "2", "--concurrency", "2", *space_steps)
+    dead_log = dead / "runs" / "slurm-logs" / f"petl-headless-{killed_job}.out"
+    deadline = time.time() + 600  # queued behind the other job where a node has a single CPU
+    while not head_killed(slurm_env, killed_job, dead):
+        assert time.time() < deadline and job_field(slurm_env, killed_job, "JobState") in ("PENDING", "RUNNING"), \
+            dead_log.read_text()[-3000:] if dead_log.exists() else "no log"
+        time.sleep(0.5)
+    check_completed(done, slurm_env, job)
+    assert wait_state(slurm_env, killed_job, 400, dead_log) == "FAILED", dead_log.read_text()[-4000:]
+    assert job_field(slurm_env, killed_job, "ExitCode") == "5:0", dead_log.read_text()[-3000:]
+    status = json.loads((dead / "runs" / "headless" / "status.json").read_text())
+    assert status["state"] == "cluster_lost"
+    time.sleep(2)
+    assert job_processes(killed_job) == []
+
+
+def check_completed(tmp_path: Path, slurm_env: dict, job: str) -> None:
+    """The two-node job ends COMPLETED with every trial finished, its Ray cluster spanning both nodes, and nothing of
+    it left running."""
     log = tmp_path / "runs" / "slurm-logs" / f"petl-slurm2-{job}.out"
     assert wait_state(slurm_env, job, 500, log) == "COMPLETED", log.read_text()[-4000:]
     text = log.read_text()
@@ -100,25 +140,3 @@ def test_a_two_node_slurm_job_completes_every_trial_and_leaves_nothing_running(t
     time.sleep(2)
     assert job_processes(job) == []  # every Ray node of the job ended
     assert not list(Path("/tmp").glob(f"petl-ray-{job}-*"))  # and removed its temp dir
-
-
-def test_a_slurm_job_whose_ray_head_is_killed_ends_failed(tmp_path: Path, slurm_env) -> None:
-    space_steps = ("--set", "max_steps=400", "--set", "eval_every=5")
-    job = submit(tmp_path, slurm_env, "headless", "--num-samples", "2", "--concurrency", "2", *space_steps)
-    log = tmp_path / "runs" / "slurm-logs" / f"petl-headless-{job}.out"
-    deadline = time.time() + 300
-    while not list((tmp_path / "runs" / "headless" / "trials").glob("*/resume")):
-        assert time.time() < deadline and job_field(slurm_env, job, "JobState") in ("PENDING", "RUNNING"), \
-            log.read_text()[-3000:] if log.exists() else "no log"
-        time.sleep(0.5)
-    head = f"petl-ray-{job}-0"
-    for pid in job_processes(job):  # the head node's GCS and raylet, by PID
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        if head in cmd and ("gcs_server" in cmd or "raylet" in cmd.split("\0")[0]):
-            os.kill(pid, signal.SIGKILL)
-    assert wait_state(slurm_env, job, 400, log) == "FAILED", log.read_text()[-4000:]
-    assert job_field(slurm_env, job, "ExitCode") == "5:0", log.read_text()[-3000:]
-    status = json.loads((tmp_path / "runs" / "headless" / "status.json").read_text())
-    assert status["state"] == "cluster_lost"
-    time.sleep(2)
-    assert job_processes(job) == []
