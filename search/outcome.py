@@ -95,7 +95,7 @@ def tally(results: Iterable[Any], requested: int, max_steps: int) -> Outcome:
     for r in results:
         metrics = r.metrics or {}
         kind = outcome(metrics, max_steps, error=r.error is not None)
-        ended = r.error is not None or bool(metrics.get("done")) or kind != "stopped"
+        ended = kind != "stopped" or bool(metrics.get("done"))  # an error is "failed": ended
         counts[kind if ended else C.INTERRUPTED] += 1
     return Outcome(requested, counts, max(0, requested - len(results)))
 
