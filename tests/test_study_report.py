@@ -79,9 +79,10 @@ def synthetic_rows() -> list[dict]:
     return rows
 
 
-def run_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> str:
+def run_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str, rows: list[dict] | None = None) -> str:
     monkeypatch.chdir(tmp_path)
-    Path("rows.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in synthetic_rows()))
+    rows = synthetic_rows() if rows is None else rows
+    Path("rows.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     assert report.main(["--tier", "sst2", "--table", "rows.jsonl", "--out", "study.md", "--pilot-table",
                         "no_pilot.jsonl", *extra]) == 0
     return Path("study.md").read_text(encoding="utf-8")
@@ -97,6 +98,18 @@ def test_report_reproduces_the_committed_markdown(tmp_path, monkeypatch):
             "--pilot-table no_pilot.jsonl`") in text
     assert (tmp_path / "study_sst2_front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![front](study_sst2_front.png)" in text
+
+
+def test_the_committed_page_is_what_its_command_makes_of_the_committed_table(tmp_path, monkeypatch):
+    """docs/study.md is a function of benchmarks/study/sst2.jsonl: rebuilt here from the committed tables and
+    tiers.yaml, it equals the committed page byte for byte except for the --out this test adds to the quoted command.
+    A hand edit of the page, or a table committed without rerunning the command, fails here."""
+    monkeypatch.setattr(report, "load_tiers", load_tiers)  # the real tier, not this file's fixed grid
+    repo = Path(__file__).parents[1]
+    out = tmp_path / "study.md"
+    assert report.main(["--tier", "sst2", "--out", str(out)]) == 0
+    rebuilt = out.read_text(encoding="utf-8").replace(f"--tier sst2 --out {out}`", "--tier sst2`", 1)
+    assert rebuilt == (repo / "docs" / "study.md").read_text(encoding="utf-8")
 
 
 def test_paired_ci_equals_the_t_interval_by_hand():
@@ -130,6 +143,17 @@ def test_each_verdict_where_the_scores_put_it(tmp_path, monkeypatch):
     assert v["spa_ffn_r256_s4 vs pa_ffn_r256_lorainit"] == "pending (1 of 6 runs)"
     assert v["pa_ffn_r64 vs prefix_l64"] == "pending (3 of 6 runs)"
     assert v["pa_ffn_r256 vs sa_ffn_r256"] == "not resolvable: every lr of pa_ffn_r256 failed"
+
+
+def test_the_presets_rival_is_picked_on_the_selection_split_not_the_final_one(tmp_path, monkeypatch):
+    rows = synthetic_rows()
+    for r in rows:
+        if r["design_id"] == "pa_ffn_r64":  # the best final score within 1.2x the Pfeiffer preset's budget ...
+            r["selection"]["score"] = 0.5  # ... and the worst selection score there
+    text = run_report(tmp_path, monkeypatch, rows=rows)
+    cells = [c.strip() for c in next(ln for ln in text.splitlines() if ln.startswith("| sa_ffn_r64 |")).split("|")]
+    assert cells[3] == "sa_attn_r64"  # the best selection score (.872 mean) at <= 1.2x 1.319%
+    assert cells[6:8] == ["+1.67 [+0.79, +2.54]", "beats the preset"]  # +2.0, +1.3, +1.7 points
 
 
 def test_verdict_words_at_their_boundaries():
@@ -223,4 +247,5 @@ def test_an_empty_table_reports_every_pair_pending(tmp_path, monkeypatch):
     text = Path("study.md").read_text()
     v = _verdicts(text)
     assert len(v) == 10 and set(v.values()) == {"pending (0 of 6 runs)"}  # (a) 3, (b) 3, (c) 1, (c as run) 1, (d) 2
-    assert "No design has a score yet." in text and "the tier needs 52 runs, 52 still to make." in text
+    assert "No design has a score yet." in text and "the protocol needs 52 runs, 52 still to make." in text
+    assert "| mam_m | 1.319% | - | - | - | - | pending (0 of 3 runs) |" in text  # every preset listed, none scored

@@ -9,6 +9,7 @@ palette, the front as a step line, log-fraction axis) with the 95% t-interval ov
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,24 +52,29 @@ def family_hypervolumes(results: dict[str, DesignResult]) -> list[tuple[str, int
 @dataclass(frozen=True)
 class PresetCheck:
     preset: str
-    rival: str | None  # the best-scoring non-preset design within the preset's budget (None: no such design)
+    rival: str | None  # the non-preset design within the preset's budget with the best selection score (None: none)
     seeds: tuple[int, ...]
-    ci: Interval | None  # rival - preset over the common seeds
+    ci: Interval | None  # rival - preset in final score over the common seeds
     verdict: str
 
 
 def preset_checks(results: dict[str, DesignResult], tolerance: float = DEFAULT_TOLERANCE) -> list[PresetCheck]:
-    """Each preset with a score against the best other design storing at most `tolerance` x its parameters (the
-    study's matched-budget rule), both over their common seeds; verdicts in stats' words from the rival's side."""
+    """Each preset against the best other design storing at most `tolerance` x its parameters (the study's
+    matched-budget rule), compared in final score over their common seeds; verdicts in stats' words from the rival's
+    side. The rival is picked by its mean SELECTION score, not its final one: picking the winner on the split that
+    then tests it would favour "beats the preset" (a preset with no score yet is listed as pending)."""
     pts = scored(results)
     out = []
-    for p in (r for r in pts if "preset" in r.design.serves):
+    for p in (r for r in results.values() if "preset" in r.design.serves):
+        if not p.scores:
+            out.append(PresetCheck(p.design.id, None, (), None, f"pending ({p.done} of {p.needed} runs)"))
+            continue
         rivals = [r for r in pts if "preset" not in r.design.serves and r.design.id != HEAD_ONLY
                   and r.fraction <= tolerance * p.fraction]
         if not rivals:
             out.append(PresetCheck(p.design.id, None, (), None, "no other design at this budget"))
             continue
-        best = max(rivals, key=lambda r: (r.ci.mean, -r.fraction))
+        best = max(rivals, key=lambda r: (statistics.fmean(r.selection.values()), -r.fraction))
         seeds, ci = paired(best.scores, p.scores)
         word = "pending" if not (best.complete and p.complete) else "fewer than 2 common seeds" if ci is None \
             else {"reproduced": "beats the preset", "reversed": "loses to the preset"}.get(verdict(ci), verdict(ci))

@@ -57,6 +57,7 @@ class DesignResult:
     fraction: float  # stored parameters / backbone parameters (finetune.accounting, the task head apart)
     lr: float | None  # the kept lr (None until its grid is complete, or when every lr failed)
     scores: dict[int, float]  # seed -> final score of the finished runs at the kept lr
+    selection: dict[int, float]  # seed -> selection score of those runs (what choices between designs are made on)
     done: int  # runs of the protocol in the table (finished or failed)
     needed: int  # runs the protocol makes for this design: its lr grid + the further seeds
     all_failed: bool  # every lr of its grid failed: no score, no replicates
@@ -81,5 +82,6 @@ def design_results(plan: TierPlan, study: Study, done: dict[str, dict[str, Any]]
         d = study.designs[did]
         out[did] = DesignResult(d, price(d.design, study.model).fraction, best,
                                 {int(r["seed"]): float(r["final"]["score"]) for r in runs},
+                                {int(r["seed"]): float(r["selection"]["score"]) for r in runs},
                                 len(grid_rows) + len(replicates), len(lrs) + len(plan.seeds) - 1, all_failed)
     return out

@@ -111,21 +111,25 @@ def protocol_section(plan: TierPlan, study: Study, done: dict[str, dict[str, Any
     spent = cost(list(done.values()))
     per_run = spent["cpu_h"] * 3600 / spent["runs"] if spent["runs"] else float("nan")
     cut = [d for d in study.designs if d not in plan.grid]
-    left = needed - sum(min(r.done, r.needed) for r in results.values())
+    counted = sum(min(r.done, r.needed) for r in results.values())
+    left, extra = needed - counted, spent["runs"] - counted  # extra: seeds of an lr the grid no longer keeps
     out = ["## Protocol and budget", "",
            f"Task {plan.task}; MiniLM ({study.model}); every design trained {plan.train.get('max_steps')} steps "
            f"(batch {plan.train.get('batch_size')}, max length {plan.train.get('max_length')}), evaluated on the "
            f"selection split every {plan.train.get('eval_every')} steps; the final score is the accuracy on the full "
            f"dev set, which nothing is tuned on. A design's lr grid runs at seed {plan.seeds[0]}; the lr with the "
            f"best selection score is trained again at seeds {', '.join(map(str, plan.seeds[1:]))}. "
-           f"{sum(len(v) == 1 for v in plan.grid.values())} of {len(plan.grid)} designs have a one-lr grid (the "
-           "family's lr from the pilot; tiers.yaml gives the reasons and the cost arithmetic).", "",
+           f"{sum(len(v) == 1 for v in plan.grid.values())} of {len(plan.grid)} designs have a one-lr grid, so "
+           "their verdicts hold at that lr (tiers.yaml gives each lr's reason and the cost arithmetic); a kept lr "
+           "marked (edge) is the smallest or largest of its grid, so a lr beyond it was not tried.", "",
            f"Designs in this tier: {len(plan.grid)} of the {len(study.designs)} of designs.yaml; cut: "
            f"{', '.join(cut) or 'none'}.", "",
            f"Cost so far: {spent['runs']} runs, {spent['cpu_h']:.2f} CPU-hours, {spent['wall_h']:.2f} h of run "
-           f"wall time; the tier needs {needed} runs, {left} still to make"
-           + (f" (~{left * per_run / 3600:.1f} CPU-hours more at the {per_run:.0f} CPU-s a run so far)."
-              if spent["runs"] else "."), ""]
+           f"wall time; the protocol needs {needed} runs, {left} still to make"
+           + (f" (~{left * per_run / 3600:.1f} CPU-hours more at the {per_run:.0f} CPU-s a run so far)"
+              if spent["runs"] else "")
+           + (f"; {extra} further run(s) in the table are seeds of an lr its grid no longer keeps (made before "
+              "a better lr was added to the grid; not used)." if extra else "."), ""]
     if pilot:
         out += ["The pilot (its own table; selection accuracy every 100 steps):", ""]
         out += md_table(["design", "lr", "selection curve", "plateau (last 3)", "flat from step", "final",
@@ -152,8 +156,9 @@ def front_section(results: dict[str, DesignResult], figure_link: str, plan: Tier
     out += md_table(["family", "designs", "hypervolume (ref score 0)", "hypervolume (ref = head alone's mean)"],
                     hv) if hv else ["-"]
     out += ["", "### The paper's presets against the best other design at their budget", "",
-            f"The rival is the best-scoring design that is neither a preset nor the head alone and stores at most "
-            f"{F.DEFAULT_TOLERANCE}x the preset's parameters; rival - preset over their common seeds.", ""]
+            f"The rival is the design with the best mean selection score (the rows held out of training, not the "
+            f"final split) that is neither a preset nor the head alone and stores at most {F.DEFAULT_TOLERANCE}x "
+            "the preset's parameters; rival - preset is in final score over their common seeds.", ""]
     checks = [[c.preset, _pct(results[c.preset].fraction), c.rival or "-",
                "-" if c.rival is None else _pct(results[c.rival].fraction),
                "-" if c.ci is None else c.ci.n, "-" if c.ci is None else _ci_text(c.ci), c.verdict]
@@ -274,8 +279,8 @@ def log_mlflow(uri: str, experiment: str, plan: TierPlan, results: dict[str, Des
         for k, v in {"design": r.design.id, "family": r.design.family, "budget": r.design.budget, "lr": r.lr,
                      "seeds": ",".join(map(str, sorted(r.scores)))}.items():
             client.log_param(cid, k, v)
-        for k, v in {"score_mean": r.ci.mean, "score_ci_low": r.ci.low, "score_ci_high": r.ci.high,
-                     "fraction": r.fraction, "n_seeds": r.ci.n}.items():
+        interval = {"score_ci_low": r.ci.low, "score_ci_high": r.ci.high} if r.ci.n >= 2 else {}  # 1 seed: none
+        for k, v in {"score_mean": r.ci.mean, **interval, "fraction": r.fraction, "n_seeds": r.ci.n}.items():
             client.log_metric(cid, k, v)
         client.set_terminated(cid)
     client.set_terminated(pid)
