@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The MNLI tier of the study on one lent GPU, in one call (docs/study.md). Prepare here, once:
+# The MNLI tier of the study on one GPU machine without a package index or a model hub, in one call. On your own GPU
+# machine with the repository installed, the tier is one command instead (the three MNLI files that tiers.yaml's
+# `mnli` tier names, under DIR/mnli/; the packaged MiniLM):
+#   python -m benchmarks.study.run_study --tier mnli --data-root DIR --workers 12 --threads 1
+# This script carries everything the offline machine lacks. Prepare here, once:
 #   python -m benchmarks.study.device_pack          # writes .device/ (fp16 MiniLM, the MNLI files, 4 wheels)
 # then on the GPU machine, from the repository root, with .device carried:
-#   STUDY_CODE_VERSION=$(git rev-parse HEAD) bash benchmarks/study/mnli_gpu.sh     # ~5-8 min on one H200
+#   STUDY_CODE_VERSION=$(git rev-parse HEAD) bash benchmarks/study/mnli_gpu.sh     # estimated 5-8 min on one H200; never run yet
 #   bash benchmarks/study/mnli_gpu.sh --smoke       # the same path on CPU: 2 designs, 4 steps a run
 # Results: $OUT/mnli.jsonl (the committed benchmarks/study/mnli.jsonl plus this call's runs: copy it back and
 # commit it) and $OUT/mnli.log. Resumable: a later call starts from the committed table and skips what it holds.
@@ -11,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
-OUT=${OUT:-$REPO/mnli_out}
+OUT=${OUT:-$REPO/mnli_out}  # git-ignored
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 SMOKE=0
@@ -49,5 +53,6 @@ start=$(date +%s)
 "${RUN[@]}"
 rc=$?
 echo "== runner exit $rc after $(( $(date +%s) - start )) s"
+((rc == 2)) && exit 2  # bad input or no GPU: the runner's one error line above says what to fix
 "${RUN[@]:0:11}" --table "$TABLE" $( ((SMOKE)) && echo --smoke --designs head_only,lora_qv_r32) --status
 exit $rc

@@ -262,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
               or "nothing to run")
         return 0
     if spec.get("device") == "cuda" and not args.smoke and not _cuda():
-        print(f"error: tier {args.tier} is sized for a GPU and none is visible; run it on a GPU machine "
-              f"(benchmarks/study/mnli_gpu.sh) or try its CPU path with --smoke", file=sys.stderr)
+        print(f"error: tier {args.tier} is sized for a GPU and torch sees no CUDA device here "
+              f"(torch.cuda.is_available() is False); run the same command on a machine with a CUDA GPU, or check "
+              f"its CPU path with --smoke", file=sys.stderr)
         return 2
     os.nice(max(0, args.nice - os.nice(0)))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
