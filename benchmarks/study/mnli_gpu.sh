@@ -6,7 +6,7 @@
 # This script carries everything the offline machine lacks. Prepare here, once:
 #   python -m benchmarks.study.device_pack          # writes .device/ (fp16 MiniLM, the MNLI files, 4 wheels)
 # then on the GPU machine, from the repository root, with .device carried:
-#   STUDY_CODE_VERSION=$(git rev-parse HEAD) bash benchmarks/study/mnli_gpu.sh     # estimated 5-8 min on one H200; never run yet
+#   STUDY_CODE_VERSION=$(git rev-parse HEAD) bash benchmarks/study/mnli_gpu.sh  # est. 5-8 min on one H200 (not run yet)
 #   bash benchmarks/study/mnli_gpu.sh --smoke       # the same path on CPU: 2 designs, 4 steps a run
 # Results: $OUT/mnli.jsonl (the committed benchmarks/study/mnli.jsonl plus this call's runs: copy it back and
 # commit it) and $OUT/mnli.log. Resumable: a later call starts from the committed table and skips what it holds.
