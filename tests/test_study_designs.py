@@ -108,6 +108,7 @@ def test_the_plan_trains_the_grid_then_replicates_the_best_lr() -> None:
     rows = {r["key"]: r for r in [_row("x", 1e-3, 1, 0.80), _row("x", 3e-3, 1, 0.85), _row("y", 1e-3, 1, 0.7)]}
     jobs = [(j.design_id, j.lr, j.seed, j.role) for j in protocol.plan(grid, seeds, rows)]
     assert jobs == [("x", 3e-3, 2, "replicate"), ("x", 3e-3, 3, "replicate"), ("y", 3e-3, 1, "lr-grid")]
+    assert protocol.runs_left(grid, seeds, rows) == 5  # x: 2 seeds; y: 1 lr + 2 seeds not yet planned
     rows.update({r["key"]: r for r in [_row("x", 3e-3, 2, 0.5), _row("y", 3e-3, 1, None)]})
     jobs = [(j.design_id, j.lr, j.seed) for j in protocol.plan(grid, seeds, rows)]
     assert jobs == [("x", 3e-3, 3), ("y", 1e-3, 2), ("y", 1e-3, 3)]  # a failed lr is never kept
@@ -115,6 +116,7 @@ def test_the_plan_trains_the_grid_then_replicates_the_best_lr() -> None:
     assert kept["x"][0] == 3e-3 and [r["selection"]["score"] for r in kept["x"][1]] == [0.85, 0.5]
     both_failed = {r["key"]: r for r in [_row("x", 1e-3, 1, None), _row("x", 3e-3, 1, None)]}
     assert protocol.plan({"x": grid["x"]}, seeds, both_failed) == []
+    assert protocol.runs_left({"x": grid["x"]}, seeds, both_failed) == 0
 
 
 def test_an_lr_tie_is_broken_by_selection_loss_then_the_smaller_lr() -> None:

@@ -82,11 +82,26 @@ def preset_checks(results: dict[str, DesignResult], tolerance: float = DEFAULT_T
     return out
 
 
+def _annotate(ax, pts: list[DesignResult], on_front: set[str]) -> None:
+    """Each point's name and seed count; a label that would overprint one already placed (designs at about the same
+    budget and score) goes to the point's left instead."""
+    bottom, top = ax.get_ylim()  # the error bars set it
+    span = top - bottom
+    placed: list[tuple[float, float]] = []
+    for r in sorted(pts, key=lambda r: (r.fraction, -r.ci.mean)):
+        xi, yi = max(r.fraction, MIN_FRACTION), r.ci.mean
+        near = any(abs(np.log10(xi) - px) < 0.08 and abs(yi - py) < 0.04 * span for px, py in placed)
+        placed.append((np.log10(xi), yi))
+        ax.annotate(f"{r.design.id} (n={r.ci.n})", (xi, yi), xytext=(-5 if near else 5, 4), textcoords="offset points",
+                    ha="right" if near else "left", fontsize=7,
+                    fontweight="bold" if r.design.id in on_front else "normal")
+
+
 def front_png(results: dict[str, DesignResult], path: Path, title: str) -> Path:
     """Every scored design at (stored %, mean final score) with its 95% t-interval over seeds; the front's steps."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     from analysis.plots import DPI, FIG_SIZE_IN, X_LABEL, family_colors
 
@@ -102,16 +117,19 @@ def front_png(results: dict[str, DesignResult], path: Path, title: str) -> Path:
         y = np.array([r.ci.mean for r in group])
         err = np.array([[r.ci.mean - r.ci.low for r in group], [r.ci.high - r.ci.mean for r in group]])
         ax.errorbar(x, y, yerr=err, fmt="o", color=color, capsize=3, ms=6, label=f"{fam} ({len(group)})")
-        for r, xi, yi in zip(group, x, y):
-            weight = "bold" if r.design.id in on_front else "normal"
-            ax.annotate(f"{r.design.id} (n={r.ci.n})", (xi, yi), xytext=(5, 4), textcoords="offset points",
-                        fontsize=7, fontweight=weight)
+    _annotate(ax, pts, on_front)
     front = [results[i] for i in front_ids(results)]
     if front:
         ax.plot(np.maximum([r.fraction for r in front], MIN_FRACTION), [r.ci.mean for r in front],
                 drawstyle="steps-post", color="#000000", lw=1.0, label=f"Pareto front of the means ({len(front)})")
     ax.set_xscale("log")
+    ax.margins(x=0.1)  # room for a label placed left of the leftmost point
+    lo, hi = ax.get_xlim()
+    # label 1-2-5 per decade over a narrow range (one decade tick alone says little); minor ticks unlabelled: the log
+    # axis would print them as raw fractions (2x10^-3) beside the % labels
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if np.log10(hi / lo) <= 3 else (1.0,)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{100 * v:.3g}%"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(X_LABEL + "; 0 (the head alone) drawn at 1e-4 %")
     ax.set_ylabel("final accuracy, mean over seeds with its 95% t-interval")
     ax.set_title(title, fontsize=10)

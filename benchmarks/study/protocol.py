@@ -62,6 +62,21 @@ def plan(grid: dict[str, tuple[float, ...]], seeds: tuple[int, ...], done: dict[
     return jobs
 
 
+def runs_left(grid: dict[str, tuple[float, ...]], seeds: tuple[int, ...], done: dict[str, dict[str, Any]]) -> int:
+    """Every run the protocol still makes, including the further seeds that `plan` names only once a design's lr
+    grid is done (a design whose every lr failed makes none)."""
+    left = 0
+    for design_id, lrs in grid.items():
+        grid_rows = {lr: done.get(run_key(design_id, lr, seeds[0])) for lr in lrs}
+        left += sum(row is None for row in grid_rows.values())
+        complete = all(row is not None for row in grid_rows.values())
+        best = pick_lr(grid_rows) if complete else None
+        if complete and best is None:
+            continue
+        left += sum(best is None or run_key(design_id, best, s) not in done for s in seeds[1:])
+    return left
+
+
 def kept_runs(grid: dict[str, tuple[float, ...]], seeds: tuple[int, ...],
               done: dict[str, dict[str, Any]]) -> dict[str, tuple[float | None, list[dict[str, Any]]]]:
     """Per design: the kept lr and its finished runs over the seeds (the lr-grid seed counts as one)."""

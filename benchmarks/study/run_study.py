@@ -196,7 +196,9 @@ def status(tier: Tier, table: Path, data: splits.TierData) -> str:
     done = tier.done(rows, data)
     kept = protocol.kept_runs(tier.grid, tier.seeds, done)
     lines = [f"{table}: {len(rows)} rows, {len(done)} current for tier {tier.name}; "
-             f"{len(protocol.plan(tier.grid, tier.seeds, done))} runs planned now"]
+             f"{len(protocol.plan(tier.grid, tier.seeds, done))} runs planned now, "
+             f"{protocol.runs_left(tier.grid, tier.seeds, done)} left in all (a design's further seeds are planned "
+             "once its lr grid is done)"]
     for did, lrs in tier.grid.items():
         grid = []
         for lr in lrs:
