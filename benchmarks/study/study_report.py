@@ -72,7 +72,8 @@ def conclusion_section(key: str, study: Study, plan: TierPlan, results: dict[str
     if rows:
         kinds = [w.partition(" (")[0] if w.startswith("pending") else w for w in words]
         tally = ", ".join(f"{w}: {kinds.count(w)}" for w in dict.fromkeys(kinds))
-        out += [f"Here: {len(here)} matched pair(s), the paper's winner first; {tally}.", ""]
+        budgets = "/".join(dict.fromkeys(p.budget for p in here))
+        out += [f"Here: {len(here)} matched pair(s) at budget {budgets}, the paper's winner first; {tally}.", ""]
         out += md_table(["pair (a vs b)", "budget", "stored a / b", "n seeds", "a - b, points [95% CI]",
                          "s.d. of a - b", "seed s.d. a / b (points)", "verdict"], rows)
     else:
@@ -198,7 +199,9 @@ def method_section(results: dict[str, DesignResult], plan: TierPlan) -> list[str
             "the protocol): its verdicts are about the designs at that lr, and a scaled design's s multiplies its "
             "update size, so (c) compares s at a fixed lr, as the paper did. One model (MiniLM, 6 layers), one task, "
             f"{steps} steps: the paper's claims tested at a far smaller scale than its BART/mBART summarisation and "
-            "translation, not its numbers reproduced.", ""]
+            "translation, not its numbers reproduced. Each interval is a 95% interval on its own, with no correction "
+            "for the number of pairs: over this page's pairs, about one interval in 20 may miss by chance alone, so a "
+            "single 'reproduced' or 'reversed' that sits near 0 is weak evidence.", ""]
 
 
 def _seeds(r: DesignResult) -> str:
