@@ -1,8 +1,9 @@
 """The study's protocol as a pure function of the table: which runs are still to do, and which lr each design keeps.
 
 A fixed grid, not an optimizer. Per design: every learning rate of its grid at the tier's first seed; then, once all
-of them finished (or failed), the lr with the best selection-split score after the last step (ties: lower selection
-loss, then the smaller lr), trained again at each further seed. A failed run (diverged, NaN) is a result: that lr is
+of them finished (or failed), the lr with the best selection-split score (a run's best evaluation on that split,
+whose checkpoint the run keeps; ties: lower selection loss at the last evaluation, then the smaller lr), trained
+again at each further seed. A failed run (diverged, NaN) is a result: that lr is
 never picked, and a design whose every lr failed gets no replicates. The plan is recomputed from the table after
 every finished run, so an interrupted study resumes exactly where its table ends.
 """
@@ -31,7 +32,8 @@ class Job:
 
 
 def selection_rank(row: dict[str, Any]) -> tuple[float, float]:
-    """How a finished run ranks for lr choice: selection score after the last step, then lower selection loss."""
+    """How a finished run ranks for lr choice: its selection score (the best evaluation, the kept checkpoint's), then
+    lower selection loss (at the last evaluation)."""
     sel = row["selection"]
     loss = sel.get("eval_loss")
     return (float(sel["score"]), -float(loss) if loss is not None and math.isfinite(loss) else -math.inf)

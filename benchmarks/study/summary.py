@@ -81,8 +81,17 @@ def design_rows(study: Study, grid: dict[str, tuple[float, ...]], seeds: tuple[i
         finals = [r["final"]["score"] for r in runs]
         edge = "" if best is None or len(lrs) < 2 or best not in (min(lrs), max(lrs)) else " (edge)"
         out.append([did, d.family, d.budget, f"{100 * price(d.design, study.model).fraction:.3f}%",
-                    "; ".join(cells), "-" if best is None else f"{best:g}{edge}", len(finals), mean_std(finals)])
+                    "; ".join(cells), "-" if best is None else f"{best:g}{edge}", len(finals), mean_std(finals),
+                    _flatness(None if best is None else done.get(run_key(did, best, seeds[0])))])
     return out
+
+
+def _flatness(row: dict[str, Any] | None) -> str:
+    """'flat from step / best at step' of one run's selection curve ('-' where the curve is too short to tell)."""
+    if row is None or row.get("status") != "finished":
+        return "-"
+    flat = flat_step(curve(row))
+    return f"{'-' if flat is None else flat} / {row['selection'].get('selected_step', '-')}"
 
 
 def cost(rows: list[dict[str, Any]]) -> dict[str, float]:
